@@ -1,0 +1,38 @@
+# Two commands do everything on a fresh machine:  make up  (run the system)  and  make test.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha1sum | cut -c1-12)
+
+.PHONY: venv models up test test-unit test-integration bench clean
+
+$(STAMP): pyproject.toml requirements.lock
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet --progress-bar off -c requirements.lock -e ".[dev]"
+	@rm -f $(VENV)/.installed-* && touch $@
+
+venv: $(STAMP)
+
+models: venv  ## train the bundled digits models into var/model_repository if missing
+	$(PY) -m services.models.digits.train --if-missing
+
+up: models  ## Triton + Ray (dashboard :8265) + Serve gateway (:8000); Ctrl-C stops all of it
+	$(VENV)/bin/rts up
+
+test: venv  ## the whole suite: unit tests, then the real Triton + Ray Serve stack
+	$(PY) -m pytest -ra
+
+test-unit: venv
+	$(PY) -m pytest -ra tests/unit
+
+test-integration: venv
+	$(PY) -m pytest -ra tests/integration
+
+bench: models  ## Triton direct vs the gateway at concurrency 1/8/32 -> loadtests/results/
+	$(PY) -m loadtests.bench
+
+clean:
+	rm -rf var loadtests/results

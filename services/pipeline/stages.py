@@ -1,0 +1,165 @@
+"""The three stages of an inference request, as plain classes with no Ray in them.
+
+``ray_apps/inference.py`` runs each as its own Serve deployment (composed mode) or all inside the
+ingress replica (fused mode); the code is the same either way, so tests and benchmarks compare
+deployment layouts, not implementations.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from services.common.errors import InvalidInput, ServingError, UnknownModel, UpstreamUnavailable
+from services.models.base import ModelSpec, load_specs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One user input: an encoded image file, or a raw array for the model's array input."""
+
+    kind: str  # "image" | "array"
+    value: Any  # bytes for images, nested lists / ndarray for arrays
+
+
+class PreprocessStage:
+    def __init__(self, model_paths: Sequence[str]) -> None:
+        self.specs = load_specs(model_paths)
+        self.processors = {name: spec.load_preprocessor() for name, spec in self.specs.items()}
+
+    def run(self, model: str, items: Sequence[Item]) -> np.ndarray:
+        spec = _spec(self.specs, model)
+        processor = self.processors[model]
+        rows = np.empty((len(items), *spec.feature_shape), dtype=np.float32)
+        for i, item in enumerate(items):
+            try:
+                if item.kind == "image":
+                    data = item.value
+                    if isinstance(data, str):
+                        data = _b64decode(data)
+                    rows[i] = processor.from_image(data)
+                elif item.kind == "array":
+                    rows[i] = processor.from_array(_as_array(item.value))
+                else:
+                    raise InvalidInput(f"unknown input kind {item.kind!r}")
+            except ServingError as exc:
+                exc.message = f"item {i}: {exc.message}" if len(items) > 1 else exc.message
+                exc.args = (exc.message,)
+                raise
+        return rows
+
+    def ready(self) -> bool:
+        return True
+
+
+class PostprocessStage:
+    def __init__(self, model_paths: Sequence[str]) -> None:
+        self.specs = load_specs(model_paths)
+        self.processors = {name: spec.load_postprocessor() for name, spec in self.specs.items()}
+
+    def run(self, model: str, scores: np.ndarray, top_k: int) -> list[dict]:
+        _spec(self.specs, model)
+        return self.processors[model](scores, top_k)
+
+    def ready(self) -> bool:
+        return True
+
+
+class TritonStage:
+    """Async gRPC client to Triton; one channel per replica, created lazily on the serving loop."""
+
+    def __init__(self, url: str, model_paths: Sequence[str], timeout_s: float = 5.0) -> None:
+        self.url = url.removeprefix("grpc://")
+        self.specs = load_specs(model_paths)
+        self.timeout_s = timeout_s
+        self._client = None
+
+    def _get_client(self):
+        if self._client is None:
+            import tritonclient.grpc.aio as grpcclient
+
+            self._client = grpcclient.InferenceServerClient(self.url)
+        return self._client
+
+    async def infer(self, model: str, features: np.ndarray, version: str = "") -> dict:
+        import tritonclient.grpc.aio as grpcclient
+
+        spec = _spec(self.specs, model)
+        inp = grpcclient.InferInput(spec.triton_input, list(features.shape), "FP32")
+        inp.set_data_from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+        out = grpcclient.InferRequestedOutput(spec.triton_output)
+        try:
+            result = await self._get_client().infer(
+                spec.triton_model, [inp], model_version=version, outputs=[out], client_timeout=self.timeout_s)
+        except Exception as exc:
+            raise triton_error(exc, spec.triton_model, version) from None
+        response = result.get_response()
+        return {"scores": result.as_numpy(spec.triton_output), "model": spec.name,
+                "version": response.model_version}
+
+    async def health(self) -> tuple[bool, str]:
+        """(ready, reason): Triton is up and every served model is loaded."""
+        client = self._get_client()
+        try:
+            if not await client.is_server_ready(client_timeout=2.0):
+                return False, f"Triton at {self.url} is not ready"
+            for spec in self.specs.values():
+                if not await client.is_model_ready(spec.triton_model, client_timeout=2.0):
+                    return False, f"Triton model {spec.triton_model!r} is not loaded"
+        except Exception as exc:
+            return False, f"Triton at {self.url} is unreachable: {_first_line(exc)}"
+        return True, "ok"
+
+    def ready(self) -> bool:
+        return True
+
+
+def triton_error(exc: Exception, model: str, version: str) -> ServingError:
+    status = str(getattr(exc, "status", lambda: "")() or "")
+    message = _first_line(exc)
+    if "UNAVAILABLE" in status or "DEADLINE_EXCEEDED" in status or "Connect" in message:
+        return UpstreamUnavailable(f"Triton is unavailable ({status or type(exc).__name__}): {message}")
+    lowered = message.lower()
+    if "unknown model" in lowered or "is not found" in lowered or "not ready" in lowered:
+        what = f"{model!r} version {version}" if version else repr(model)
+        return UnknownModel(f"Triton does not serve model {what}: {message}")
+    if "INVALID_ARG" in status:
+        return InvalidInput(f"Triton rejected the request: {message}")
+    log.error("Triton call failed: %s %s", status, message)
+    return ServingError(f"Triton failed the request: {message}", status=502, code="upstream_error")
+
+
+def _spec(specs: dict[str, ModelSpec], model: str) -> ModelSpec:
+    try:
+        return specs[model]
+    except KeyError:
+        raise UnknownModel(f"no model named {model!r}; served models: {sorted(specs)}") from None
+
+
+def _b64decode(text: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInput("image_b64 is not valid base64", code="bad_base64") from None
+
+
+def _as_array(value: Any) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        return value
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InvalidInput("array input must be a rectangular list of numbers", code="wrong_shape") from None
+    return arr
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,106 @@
+"""Start and stop the child processes this project owns, and only those.
+
+Each child runs in its own process group; stopping sends SIGTERM to that group, waits, then
+SIGKILL. Nothing is ever stopped by name.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable
+
+from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
+
+
+def start_process(argv: list[str], *, env: dict[str, str] | None = None, log_file: Path | None = None,
+                  cwd: Path | None = None) -> subprocess.Popen:
+    out = None
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        out = open(log_file, "ab")  # noqa: SIM115 - the child owns it for its lifetime
+    try:
+        return subprocess.Popen(argv, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT if out else None,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    finally:
+        if out is not None:
+            out.close()
+
+
+def stop_process(proc: subprocess.Popen, timeout_s: float = 15.0) -> None:
+    """SIGTERM the process group, wait, then SIGKILL it and anything left in its session.
+
+    Ray puts its workers in process groups of their own inside our session, so the session id
+    (which only we created, with start_new_session) is what finds them all. Safe to call twice.
+    """
+    for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
+        _signal_session(proc.pid, sig)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            proc.poll()
+            if not _session_members(proc.pid):
+                return
+            time.sleep(0.1)
+
+
+def _signal_session(sid: int, sig: int) -> None:
+    try:
+        os.killpg(sid, sig)
+    except ProcessLookupError:
+        pass
+    for pid in _session_members(sid):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def _session_members(sid: int) -> list[int]:
+    """Live (non-zombie) processes whose session id is `sid`."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+        state, session = fields[0], int(fields[3])
+        if session == sid and state != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+class StartupFailed(RuntimeError):
+    """Raised by a readiness check when waiting longer cannot help."""
+
+
+def wait_until(check: Callable[[], bool], *, timeout_s: float, what: str, proc: subprocess.Popen | None = None,
+               log_file: Path | None = None, interval_s: float = 0.25) -> None:
+    """Poll `check` until it returns True; fail early with the log tail if `proc` dies."""
+
+    def attempt() -> bool:
+        if proc is not None and proc.poll() is not None:
+            raise StartupFailed(f"{what} exited with code {proc.returncode} before it was ready{_tail(log_file)}")
+        try:
+            return bool(check())
+        except StartupFailed:
+            raise
+        except Exception:
+            return False
+
+    retrying = Retrying(stop=stop_after_delay(timeout_s), wait=wait_fixed(interval_s),
+                        retry=retry_if_result(lambda ok: not ok), retry_error_callback=lambda state: False)
+    if not retrying(attempt):
+        raise TimeoutError(f"{what} was not ready after {timeout_s:.0f}s{_tail(log_file)}")
+
+
+def _tail(log_file: Path | None, lines: int = 30) -> str:
+    if log_file is None or not log_file.exists():
+        return ""
+    text = log_file.read_text(errors="replace").splitlines()[-lines:]
+    return f"; last lines of {log_file}:\n" + "\n".join(text)

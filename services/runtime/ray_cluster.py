@@ -1,0 +1,129 @@
+"""A Ray head node of our own: own temp dir, own ports, stopped through its own process group.
+
+Usage::
+
+    with RayHead(settings) as ray_head:
+        ray_head.address          # 127.0.0.1:6380 (GCS)
+        ray_head.dashboard_url    # http://127.0.0.1:8265
+
+Never ``ray stop``: it kills every Ray process on the machine by name. ``ray start --block`` runs
+in its own process group; SIGTERM to that group ends the head and every worker it started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+from services.common.settings import Settings
+from services.runtime.processes import StartupFailed, start_process, stop_process, wait_until
+
+# Documented Serve settings that cut the per-hop cost on small machines (see loadtests/README.md).
+SERVE_FAST_PATH_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RayHead:
+    def __init__(self, settings: Settings, *, gcs_port: int | None = None, dashboard_port: int | None = None,
+                 temp_dir: Path | None = None, log_file: Path | None = None, env: dict[str, str] | None = None,
+                 num_cpus: int | None = None, fast_path: bool = True) -> None:
+        self.settings = settings
+        self.gcs_port = gcs_port or settings.ray_gcs_port
+        self.dashboard_port = dashboard_port or settings.ray_dashboard_port
+        self.temp_dir = temp_dir or settings.ray_temp_dir
+        self.log_file = log_file or settings.var_dir / "run" / "ray-head.log"
+        self.num_cpus = num_cpus or os.cpu_count() or 2
+        self.extra_env = {**(SERVE_FAST_PATH_ENV if fast_path else {}), **(env or {})}
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.gcs_port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({
+            "RAY_AUTH_MODE": "disabled",  # local loopback cluster; ray.init() would otherwise create a token
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_DEDUP_LOGS": "0",
+            # Workers import services/ and ray_apps/ from the venv (pip install -e .), not from a
+            # runtime_env working_dir: zipping the repo is slow and can swallow the temp dir.
+        })
+        env.update(self.extra_env)
+        return env
+
+    def argv(self) -> list[str]:
+        ray = str(Path(sys.executable).with_name("ray"))
+        return [
+            ray, "start", "--head", "--block", "--disable-usage-stats",
+            "--node-ip-address=127.0.0.1", f"--port={self.gcs_port}",
+            "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
+            f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
+            f"--temp-dir={self.temp_dir}", f"--num-cpus={self.num_cpus}",
+            f"--object-store-memory={512 * 1024 * 1024}",
+        ]
+
+    def start(self, timeout_s: float = 90.0) -> "RayHead":
+        if self.temp_dir.exists():
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        self.log_file.unlink(missing_ok=True)
+        self.proc = start_process(self.argv(), env=self.environment(), log_file=self.log_file)
+        try:
+            wait_until(self.dashboard_ready, timeout_s=timeout_s, what="Ray head", proc=self.proc,
+                       log_file=self.log_file, interval_s=0.5)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def dashboard_ready(self) -> bool:
+        with urllib.request.urlopen(f"{self.dashboard_url}/api/serve/applications/", timeout=2) as resp:
+            return resp.status == 200
+
+    def serve_deploy(self, config: Path, timeout_s: float = 180.0) -> None:
+        """`serve deploy` a config file and wait until every application in it is RUNNING."""
+        serve = str(Path(sys.executable).with_name("serve"))
+        subprocess.run([serve, "deploy", str(config), "--address", self.dashboard_url], check=True,
+                       env=self.environment(), capture_output=True, timeout=120)
+        wait_until(self._apps_running, timeout_s=timeout_s, what=f"Serve applications of {config}",
+                   proc=self.proc, log_file=self.log_file, interval_s=0.5)
+
+    def serve_status(self) -> dict:
+        with urllib.request.urlopen(f"{self.dashboard_url}/api/serve/applications/", timeout=5) as resp:
+            return json.load(resp)
+
+    def _apps_running(self) -> bool:
+        apps = self.serve_status().get("applications", {})
+        failed = {n: a.get("message") for n, a in apps.items() if a.get("status") == "DEPLOY_FAILED"}
+        if failed:
+            raise StartupFailed(f"Serve deployment failed: {failed}")
+        return bool(apps) and all(a.get("status") == "RUNNING" for a in apps.values())
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, timeout_s=10)
+            self.proc = None
+
+    def __enter__(self) -> "RayHead":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

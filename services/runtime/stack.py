@@ -1,0 +1,132 @@
+"""The whole local system: Triton, a Ray head with the dashboard, and the Serve application.
+
+``make up`` runs ``rts up``, which is ``Stack(settings).run_forever()``; the integration tests use
+the same class on other ports, so what is tested is what users run.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+import urllib.request
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from services.common.settings import Settings
+from services.models.digits import train as digits_train
+from services.runtime.processes import wait_until
+from services.runtime.ray_cluster import RayHead
+from services.runtime.triton import TritonServer
+
+
+def ensure_model_repository(settings: Settings, say: Callable[[str], None] = print) -> Path:
+    """Train the bundled digits models into the local repository if it has no version yet."""
+    repository = settings.model_repository
+    if not (repository / digits_train.ENSEMBLE).is_dir():
+        say(f"no models in {repository}: training the digits ensemble (a few seconds) ...")
+        result = digits_train.build_version(repository, version=1)
+        say(f"trained digits v1, holdout accuracy {result['holdout_accuracy']['ensemble']:.3f}")
+    return repository
+
+
+def render_serve_config(source: Path, target: Path, *, http_port: int, triton_url: str) -> Path:
+    """Copy a Serve config with this stack's HTTP port and Triton address filled in."""
+    config = yaml.safe_load(source.read_text())
+    config.setdefault("http_options", {})["port"] = http_port
+    config["http_options"]["host"] = "127.0.0.1"
+    for app in config.get("applications", []):
+        app.setdefault("args", {}).setdefault("triton_url", triton_url)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(yaml.safe_dump(config, sort_keys=False))
+    return target
+
+
+class Stack:
+    def __init__(self, settings: Settings, serve_config: Path | None = None, *, work_dir: Path | None = None,
+                 say: Callable[[str], None] = print) -> None:
+        self.settings = settings
+        self.serve_config = serve_config or settings.serve_config
+        self.work_dir = work_dir or settings.var_dir / "run"
+        self.say = say
+        self.triton: TritonServer | None = None
+        self.ray: RayHead | None = None
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.serve_http_port}"
+
+    @property
+    def triton_url(self) -> str:
+        return self.settings.triton_url or self.triton.grpc_url
+
+    def start(self) -> "Stack":
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        t0 = time.monotonic()
+        repository = ensure_model_repository(self.settings, self.say)
+        if self.settings.triton_url:
+            self.say(f"using external Triton at {self.settings.triton_url}")
+        else:
+            self.say(f"[1/3] starting tritonserver on :{self.settings.triton_http_port} (HTTP) "
+                     f"and :{self.settings.triton_grpc_port} (gRPC) ...")
+            self.triton = TritonServer(repository, self.settings, work_dir=self.work_dir / "triton").start()
+            self.say(f"      Triton ready ({time.monotonic() - t0:.1f}s); log: {self.triton.log_file}")
+        self.say(f"[2/3] starting a Ray head (dashboard :{self.settings.ray_dashboard_port}) ...")
+        self.ray = RayHead(self.settings, log_file=self.work_dir / "ray-head.log").start()
+        self.say(f"      Ray ready ({time.monotonic() - t0:.1f}s); temp dir {self.ray.temp_dir}")
+        self.say(f"[3/3] deploying {self.serve_config.name} on :{self.settings.serve_http_port} ...")
+        rendered = render_serve_config(self.serve_config, self.work_dir / "serve_config.yaml",
+                                       http_port=self.settings.serve_http_port, triton_url=self.triton_url)
+        self.ray.serve_deploy(rendered)
+        wait_until(self.healthy, timeout_s=120, what="gateway /healthz", interval_s=0.5)
+        self.say(f"      serving ({time.monotonic() - t0:.1f}s)")
+
+    def healthy(self) -> bool:
+        with urllib.request.urlopen(f"{self.gateway_url}/healthz", timeout=3) as resp:
+            return resp.status == 200
+
+    def stop(self) -> None:
+        if self.ray is not None:
+            self.say("stopping Ray ...")
+            self.ray.stop()
+            self.ray = None
+        if self.triton is not None:
+            self.say("stopping Triton ...")
+            self.triton.stop()
+            self.triton = None
+
+    def run_forever(self) -> None:
+        """Start, print where everything is, and stop everything on Ctrl-C or SIGTERM."""
+
+        def _terminate(signum, frame):
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, _terminate)
+        try:
+            self.start()
+            self.say(
+                f"\ngateway    {self.gateway_url}  (try {self.gateway_url}/docs)\n"
+                f"dashboard  http://127.0.0.1:{self.settings.ray_dashboard_port}\n"
+                f"triton     {self.triton_url}\n"
+                "Ctrl-C stops everything this command started."
+            )
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            self.say("\nshutting down ...")
+        finally:
+            self.stop()
+
+    def __enter__(self) -> "Stack":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
