@@ -69,7 +69,10 @@ class BodySizeLimit:
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await _too_large(self.max_bytes)(scope, receive, send)
+            err = PayloadTooLarge(f"request body is larger than the {self.max_bytes}-byte limit",
+                                  code="body_too_large")
+            response = error_response(err, oip_format=scope.get("path", "").startswith("/v2"))
+            return await response(scope, receive, send)
         seen = 0
 
         async def limited_receive() -> Message:
@@ -85,21 +88,19 @@ class BodySizeLimit:
         await self.app(scope, limited_receive, send)
 
 
-def _too_large(limit: int) -> JSONResponse:
-    err = PayloadTooLarge(f"request body is larger than the {limit}-byte limit", code="body_too_large")
-    return JSONResponse(err.to_json(), status_code=413)
-
-
-def error_response(err: ServingError, request_id: str | None = None) -> JSONResponse:
+def error_response(err: ServingError, request_id: str | None = None, *, oip_format: bool = False) -> JSONResponse:
+    """Our error body; on /v2 routes the OIP shape {"error": "<message>"} that tritonclient parses."""
     headers = {}
     if err.retry_after_s:
         headers["Retry-After"] = str(err.retry_after_s)
-    if request_id:
-        headers["X-Request-ID"] = request_id
-    body = err.to_json()
+    body = {"error": err.message, "code": err.code} if oip_format else err.to_json()
     if request_id:
         body["request_id"] = request_id
     return JSONResponse(body, status_code=err.status, headers=headers)
+
+
+def _is_oip(request: Request) -> bool:
+    return request.url.path.startswith("/v2/") or request.url.path == "/v2"
 
 
 def create_app(pipeline: InferencePipeline, specs: dict[str, ModelSpec], settings: Settings) -> FastAPI:
@@ -113,28 +114,34 @@ def create_app(pipeline: InferencePipeline, specs: dict[str, ModelSpec], setting
 
     @app.exception_handler(ServingError)
     async def _serving_error(request: Request, exc: ServingError) -> JSONResponse:
-        return error_response(exc, getattr(request.state, "request_id", None))
+        return error_response(exc, getattr(request.state, "request_id", None), oip_format=_is_oip(request))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         parts = ["/".join(str(p) for p in e.get("loc", ())) + ": " + e.get("msg", "") for e in exc.errors()]
         return error_response(InvalidInput("invalid request: " + "; ".join(parts), status=422,
-                                           code="invalid_request"))
+                                           code="invalid_request"), oip_format=_is_oip(request))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(ServingError(str(exc.detail), status=exc.status_code, code="http_error"))
+        return error_response(ServingError(str(exc.detail), status=exc.status_code, code="http_error"),
+                              oip_format=_is_oip(request))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error")
-        return error_response(ServingError("internal error; the gateway log has the details"))
+        return error_response(ServingError("internal error; the gateway log has the details"),
+                              oip_format=_is_oip(request))
 
     @app.middleware("http")
     async def _request_id(request: Request, call_next):
-        request.state.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        # Serve's proxy puts an X-Request-ID on every request (the client's, or a new one) and
+        # echoes it in the response; we only make one up when running outside Serve.
+        incoming = request.headers.get("x-request-id")
+        request.state.request_id = incoming or uuid.uuid4().hex
         response = await call_next(request)
-        response.headers.setdefault("X-Request-ID", request.state.request_id)
+        if incoming is None:
+            response.headers["X-Request-ID"] = request.state.request_id
         return response
 
     def spec_for(name: str) -> ModelSpec:

@@ -43,13 +43,20 @@ def render_serve_config(source: Path, target: Path, *, http_port: int, triton_ur
     return target
 
 
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The settings this process was given explicitly, as RTS_* variables for the Ray workers."""
+    return {f"RTS_{name.upper()}": str(value) for name, value in settings.model_dump(exclude_unset=True).items()
+            if value is not None}
+
+
 class Stack:
     def __init__(self, settings: Settings, serve_config: Path | None = None, *, work_dir: Path | None = None,
-                 say: Callable[[str], None] = print) -> None:
+                 ray_temp_dir: Path | None = None, say: Callable[[str], None] = print) -> None:
         self.settings = settings
         self.serve_config = serve_config or settings.serve_config
         self.work_dir = work_dir or settings.var_dir / "run"
         self.say = say
+        self.ray_temp_dir = ray_temp_dir
         self.triton: TritonServer | None = None
         self.ray: RayHead | None = None
 
@@ -80,7 +87,8 @@ class Stack:
             self.triton = TritonServer(repository, self.settings, work_dir=self.work_dir / "triton").start()
             self.say(f"      Triton ready ({time.monotonic() - t0:.1f}s); log: {self.triton.log_file}")
         self.say(f"[2/3] starting a Ray head (dashboard :{self.settings.ray_dashboard_port}) ...")
-        self.ray = RayHead(self.settings, log_file=self.work_dir / "ray-head.log").start()
+        self.ray = RayHead(self.settings, log_file=self.work_dir / "ray-head.log", env=settings_env(self.settings),
+                           temp_dir=self.ray_temp_dir).start()
         self.say(f"      Ray ready ({time.monotonic() - t0:.1f}s); temp dir {self.ray.temp_dir}")
         self.say(f"[3/3] deploying {self.serve_config.name} on :{self.settings.serve_http_port} ...")
         rendered = render_serve_config(self.serve_config, self.work_dir / "serve_config.yaml",

@@ -20,8 +20,8 @@ def normalize_digit(gray: np.ndarray) -> np.ndarray:
     """Map a 2-D grey image (any size, any polarity, values 0..1) to 64 float32 features.
 
     Steps: make ink bright (background is what the border mostly is), remove the background level,
-    stretch ink to full scale, crop to the digit's bounding box, pad to a centred square, area-resize
-    to 8x8, scale to 0..16.
+    stretch ink to full scale, crop to the digit's bounding box, area-resize its longer side to 8 cells,
+    centre it on the 8x8 grid, scale to 0..16.
     """
     g = np.asarray(gray, dtype=np.float32)
     if g.ndim != 2 or g.shape[0] < 1 or g.shape[1] < 1:
@@ -39,13 +39,16 @@ def normalize_digit(gray: np.ndarray) -> np.ndarray:
     rows = np.flatnonzero((g > _INK_THRESHOLD).any(axis=1))
     cols = np.flatnonzero((g > _INK_THRESHOLD).any(axis=0))
     g = g[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    # Scale the longer side to the grid first, then centre with whole-cell padding: padding at
+    # the source resolution would shift the digit by fractions of a cell, depending on image size.
     h, w = g.shape
-    side = max(h, w)
-    square = np.zeros((side, side), dtype=np.float32)
-    top, left = (side - h) // 2, (side - w) // 2
-    square[top : top + h, left : left + w] = g
-    resized = Image.fromarray(square, mode="F").resize((GRID, GRID), Image.Resampling.BOX)
-    out = np.asarray(resized, dtype=np.float32).reshape(-1)
+    scale = GRID / max(h, w)
+    th, tw = max(1, round(h * scale)), max(1, round(w * scale))
+    resized = np.asarray(Image.fromarray(g, mode="F").resize((tw, th), Image.Resampling.BOX), dtype=np.float32)
+    grid = np.zeros((GRID, GRID), dtype=np.float32)
+    top, left = (GRID - th) // 2, (GRID - tw) // 2
+    grid[top : top + th, left : left + tw] = resized
+    out = grid.reshape(-1)
     return np.clip(out, 0.0, 1.0) * MAX_VALUE
 
 

@@ -1,0 +1,41 @@
+"""One real stack per test session: tritonserver, a Ray head and the Serve app, on free ports.
+
+Everything is started by `services.runtime.stack.Stack`, the same code `make up` runs, and
+stopped (process groups and sessions we created, nothing else) even when tests fail.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import httpx
+import pytest
+
+from services.common.settings import Settings
+from services.runtime.ray_cluster import free_port
+from services.runtime.stack import Stack
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory) -> Stack:
+    var_dir = tmp_path_factory.mktemp("var")
+    settings = Settings(
+        var_dir=var_dir,
+        triton_http_port=free_port(), triton_grpc_port=free_port(), triton_metrics_port=free_port(),
+        ray_gcs_port=free_port(), ray_dashboard_port=free_port(), serve_http_port=free_port(),
+        ray_temp_dir=Path(f"/tmp/rts-test-{os.getpid()}"),
+        max_body_bytes=2 * 1024 * 1024, max_batch_items=64, max_image_pixels=4_000_000,
+    )
+    s = Stack(settings, say=lambda msg: print(f"[stack] {msg}", flush=True))
+    s.start()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(stack) -> httpx.Client:
+    with httpx.Client(base_url=stack.gateway_url, timeout=30) as client:
+        yield client
