@@ -97,8 +97,10 @@ class TritonServer:
         env = dict(os.environ)
         env["LD_LIBRARY_PATH"] = os.pathsep.join(
             p for p in (str(Path(site_packages) / "nvidia_pytriton.libs"), env.get("LD_LIBRARY_PATH")) if p)
-        # model.py files import numpy and onnxruntime from this venv.
+        # model.py files import numpy and onnxruntime from this venv. The embedded interpreter of the
+        # Python backend stub finds its prefix through PATH, so the venv's bin goes first too.
         env["PYTHONPATH"] = os.pathsep.join(p for p in (site_packages, env.get("PYTHONPATH")) if p)
+        env["PATH"] = os.pathsep.join(p for p in (str(Path(sys.executable).parent), env.get("PATH")) if p)
         env.update(self.extra_env)
         return env
 
