@@ -31,7 +31,8 @@ test-unit: venv
 test-integration: venv
 	$(PY) -m pytest -ra tests/integration
 
-bench: models  ## Triton direct vs the gateway at concurrency 1/8/32 -> loadtests/results/
+bench: venv  ## Triton direct vs the gateway at concurrency 1/8/32 -> loadtests/results/
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(PY) -m loadtests.bench
 
 clean:

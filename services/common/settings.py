@@ -45,9 +45,13 @@ class Settings(BaseSettings):
     ray_dashboard_port: int = Field(8265, description="Ray dashboard port")
     ray_temp_dir: Path = Field(Path("/tmp/rts-ray"), description="Ray's --temp-dir; keep it short and outside the repo")
     serve_config: Path = Field(
-        REPO_ROOT / "ray_apps" / "configs" / "inference.yaml", description="Serve config deployed by `make up`"
+        REPO_ROOT / "ray_apps" / "configs" / "inference-fused.yaml", description="Serve config deployed by `make up`"
     )
     serve_http_port: int = Field(8000, description="Serve HTTP port (the gateway)")
+    serve_fast_path: bool = Field(True, description="RAY_SERVE_THROUGHPUT_OPTIMIZED=1 for the Ray head")
+    serve_haproxy: bool = Field(
+        True, description="HAProxy instead of Serve's Python proxy on the HTTP port (needs serve_fast_path); "
+        "its stats/metrics listeners bind all interfaces, as Ray's own gRPC ports do")
 
     # Request limits
     max_body_bytes: int = Field(8 * 1024 * 1024, description="Largest request body accepted (413 above)")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.digit_images import holdout_images
+from services.models.digits.samples import holdout_images
 
 pytestmark = pytest.mark.integration
 

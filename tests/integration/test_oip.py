@@ -6,7 +6,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from services.models.digits.train import load_split
-from tests.digit_images import holdout_images
+from services.models.digits.samples import holdout_images
 
 pytestmark = pytest.mark.integration
 

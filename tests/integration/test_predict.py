@@ -5,7 +5,7 @@ import base64
 import numpy as np
 
 from services.models.digits.train import load_split
-from tests.digit_images import holdout_images
+from services.models.digits.samples import holdout_images
 
 pytestmark = __import__("pytest").mark.integration
 

@@ -8,7 +8,7 @@ from services.common.errors import InvalidInput, PayloadTooLarge
 from services.models.digits.features import normalize_digit, pixels_to_gray
 from services.models.digits.preprocess import DigitsPreprocess
 from services.models.digits.train import load_split
-from tests.digit_images import VARIANTS, render
+from services.models.digits.samples import VARIANTS, render
 
 SPLIT = load_split()
 PRE = DigitsPreprocess(max_image_pixels=4_000_000)

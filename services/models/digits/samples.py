@@ -1,4 +1,4 @@
-"""Held-out digits rendered as image files a user might send (sizes, formats, polarity, colour)."""
+"""Held-out digits rendered as image files a user might send: for tests, load tests and demos."""
 
 from __future__ import annotations
 

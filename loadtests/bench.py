@@ -1,0 +1,191 @@
+"""Benchmark: Triton called directly (the floor) vs the gateway pipeline, same inputs, one run.
+
+Usage::
+
+    make bench                                   # or: python -m loadtests.bench --duration 10
+    python -m loadtests.bench --concurrency 1 8 32 --duration 8
+
+Starts its own stack (tritonserver + Ray + Serve) on free ports, then for each target and
+concurrency runs ``wrk`` (C, one thread: a Python client saturates 2 cores before the server
+does) for a warm-up and a measured interval. Targets:
+
+- ``triton-direct``: Triton's HTTP /v2 infer with the preprocessed 64 features (no pre/post);
+- ``gateway-composed``: POST /v1/predict with the PNG, through Preprocess -> TritonEnsemble ->
+  Postprocess deployments;
+- ``gateway-fused``: the same request, all stages inside the ingress replica.
+
+Writes ``loadtests/results/bench-<time>/`` with ``results.json``, ``results.md`` and ``bench.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from services.common.settings import REPO_ROOT, Settings
+from services.models.digits.preprocess import DigitsPreprocess
+from services.models.digits.train import load_split
+from services.runtime.ray_cluster import free_port
+from services.runtime.stack import Stack, render_serve_config
+from services.models.digits.samples import render
+
+LUA = Path(__file__).with_name("wrk_post.lua")
+CONFIGS = REPO_ROOT / "ray_apps" / "configs"
+
+
+@dataclass
+class Target:
+    name: str
+    url: str
+    body_file: Path
+    content_type: str
+
+
+@dataclass
+class Measurement:
+    target: str
+    concurrency: int
+    rps: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    requests: int
+    errors: int
+
+
+def make_bodies(out: Path) -> dict[str, tuple[Path, str]]:
+    """One held-out digit as a 28x28 PNG (gateway) and as its 64 features (Triton direct)."""
+    pixels = load_split().holdout_images[0]
+    png = render(pixels, size=28, fmt="PNG", dark_ink=True)
+    features = DigitsPreprocess().from_image(png)
+    boundary = uuid.uuid4().hex
+    multipart = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"d.png\"\r\n"
+                 f"Content-Type: image/png\r\n\r\n").encode() + png + f"\r\n--{boundary}--\r\n".encode()
+    triton = json.dumps({"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 64],
+                                     "data": [float(v) for v in features]}]}).encode()
+    bodies = {"gateway": (multipart, f"multipart/form-data; boundary={boundary}"),
+              "triton": (triton, "application/json")}
+    out.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for name, (data, ctype) in bodies.items():
+        path = out / f"body-{name}.bin"
+        path.write_bytes(data)
+        files[name] = (path, ctype)
+    return files
+
+
+def run_wrk(target: Target, concurrency: int, duration_s: int, warmup_s: int) -> Measurement:
+    def wrk(seconds: int) -> dict:
+        cmd = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "10s", "-s", str(LUA), target.url,
+               "--", str(target.body_file), target.content_type]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
+        match = re.search(r"WRK_JSON (\{.*\})", out)
+        if not match:
+            raise RuntimeError(f"wrk printed no summary:\n{out}")
+        return json.loads(match.group(1))
+
+    if warmup_s:
+        wrk(warmup_s)
+    r = wrk(duration_s)
+    return Measurement(target.name, concurrency, rps=r["requests"] / (r["duration_us"] / 1e6),
+                       p50_ms=r["p50_us"] / 1000, p90_ms=r["p90_us"] / 1000, p99_ms=r["p99_us"] / 1000,
+                       requests=r["requests"], errors=r["socket_errors"] + r["non_2xx"])
+
+
+def to_markdown(results: list[Measurement], floor: str = "triton-direct") -> str:
+    base = {(m.concurrency): m for m in results if m.target == floor}
+    lines = ["| target | concurrency | p50 ms | p99 ms | req/s | p50 - floor ms | req/s vs floor | errors |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for m in results:
+        b = base.get(m.concurrency)
+        extra = f"{m.p50_ms - b.p50_ms:+.2f} | {m.rps / b.rps:.2f}x" if b else "- | -"
+        lines.append(f"| {m.target} | {m.concurrency} | {m.p50_ms:.2f} | {m.p99_ms:.2f} | {m.rps:.0f} | "
+                     f"{extra} | {m.errors} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: list[Measurement], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    targets = list(dict.fromkeys(m.target for m in results))
+    concurrencies = sorted({m.concurrency for m in results})
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    width = 0.8 / len(targets)
+    for i, t in enumerate(targets):
+        xs = [j + i * width for j in range(len(concurrencies))]
+        by_c = {m.concurrency: m for m in results if m.target == t}
+        for ax, attr in zip(axes, ("p50_ms", "p99_ms", "rps")):
+            ax.bar(xs, [getattr(by_c[c], attr) if c in by_c else 0 for c in concurrencies], width, label=t)
+    for ax, title in zip(axes, ("p50 latency (ms)", "p99 latency (ms)", "throughput (req/s)")):
+        ax.set_title(title)
+        ax.set_xticks([j + width * (len(targets) - 1) / 2 for j in range(len(concurrencies))])
+        ax.set_xticklabels([f"c={c}" for c in concurrencies])
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Triton direct vs gateway (same digit, same run)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description="Triton direct vs gateway benchmark")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--duration", type=int, default=8, help="measured seconds per point")
+    parser.add_argument("--warmup", type=int, default=2, help="warm-up seconds per point")
+    parser.add_argument("--layouts", nargs="+", default=["composed", "fused"], choices=["composed", "fused"])
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed: apt-get install -y wrk (make bench does this)")
+
+    out = args.out or REPO_ROOT / "loadtests" / "results" / time.strftime("bench-%Y%m%d-%H%M%S")
+    bodies = make_bodies(out)
+    var_dir = out / "var"
+    settings = Settings(
+        var_dir=var_dir, triton_http_port=free_port(), triton_grpc_port=free_port(),
+        triton_metrics_port=free_port(), ray_gcs_port=free_port(), ray_dashboard_port=free_port(),
+        serve_http_port=free_port(), ray_temp_dir=Path(f"/tmp/rts-bench-{os.getpid()}"))
+    results: list[Measurement] = []
+    config_for = {"composed": CONFIGS / "inference.yaml", "fused": CONFIGS / "inference-fused.yaml"}
+    with Stack(settings, config_for[args.layouts[0]], say=lambda m: print(f"[stack] {m}", flush=True)) as stack:
+        triton = Target("triton-direct", f"{stack.triton.http_url}/v2/models/digits/infer", *bodies["triton"])
+        for layout in args.layouts:
+            if layout != args.layouts[0]:
+                rendered = render_serve_config(config_for[layout], out / f"serve-{layout}.yaml",
+                                               http_port=settings.serve_http_port, triton_url=stack.triton_url)
+                print(f"[bench] deploying the {layout} layout ...", flush=True)
+                stack.ray.serve_deploy(rendered)
+                stack_ready = time.monotonic() + 60
+                while not stack.healthy() and time.monotonic() < stack_ready:
+                    time.sleep(0.5)
+            gateway = Target(f"gateway-{layout}", f"{stack.gateway_url}/v1/predict", *bodies["gateway"])
+            for c in args.concurrency:
+                # Measure the floor next to each gateway point so both see the same machine state.
+                for target in ([triton] if layout == args.layouts[0] else []) + [gateway]:
+                    m = run_wrk(target, c, args.duration, args.warmup)
+                    print(f"[bench] {m.target:18s} c={c:<3d} p50 {m.p50_ms:7.2f} ms  p99 {m.p99_ms:7.2f} ms  "
+                          f"{m.rps:8.0f} req/s  errors {m.errors}", flush=True)
+                    results.append(m)
+    results.sort(key=lambda m: (m.concurrency, m.target != "triton-direct", m.target))
+    (out / "results.json").write_text(json.dumps([asdict(m) for m in results], indent=2))
+    table = to_markdown(results)
+    (out / "results.md").write_text(table)
+    plot(results, out / "bench.png")
+    shutil.rmtree(var_dir, ignore_errors=True)
+    print("\n" + table + f"\nwritten to {out}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""Object storage port: one small interface, one module per backend, chosen by URI scheme.
+
+Usage::
+
+    from services.storage import open_store
+    store = open_store("s3://bucket/prefix")          # or file:///abs/path, gs://bucket/prefix
+    store.put_bytes("datasets/digits/incoming/a.npz", data, metadata={"traceparent": "..."})
+    for obj in store.list("datasets/digits/incoming/"):
+        print(obj.key, obj.size, obj.etag)
+
+Keys are relative to the store's root (bucket + prefix), use "/" and never start with "/".
+Backends register themselves with ``@register_store("scheme")``; ``open_store`` imports the
+backend module on first use, so a local-only install never imports boto3 or google-cloud.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Callable, ClassVar, Iterator
+from urllib.parse import urlparse
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    etag: str  # content fingerprint: S3 ETag, GCS md5/crc, local sha256
+    version: str = ""  # S3 VersionId / GCS generation / local mtime_ns: identifies this write
+    updated: datetime | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+class ObjectNotFound(KeyError):
+    pass
+
+
+class ObjectStore(ABC):
+    scheme: ClassVar[str]
+
+    def __init__(self, uri: str) -> None:
+        parsed = urlparse(uri)
+        if parsed.scheme != self.scheme:
+            raise ValueError(f"{type(self).__name__} needs a {self.scheme}:// URI, got {uri!r}")
+        self.uri = uri.rstrip("/")
+
+    @abstractmethod
+    def put_bytes(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> ObjectInfo: ...
+
+    @abstractmethod
+    def get_bytes(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    def head(self, key: str) -> ObjectInfo | None: ...
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object whose key starts with `prefix`, in key order (recursive)."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None: ...
+
+    def exists(self, key: str) -> bool:
+        return self.head(key) is not None
+
+    def copy(self, src_key: str, dst_key: str) -> ObjectInfo:
+        info = self.head(src_key)
+        if info is None:
+            raise ObjectNotFound(src_key)
+        return self.put_bytes(dst_key, self.get_bytes(src_key), info.metadata)
+
+    def move(self, src_key: str, dst_key: str) -> ObjectInfo:
+        info = self.copy(src_key, dst_key)
+        self.delete(src_key)
+        return info
+
+    def uri_for(self, key: str = "") -> str:
+        return f"{self.uri}/{key}" if key else self.uri
+
+    def triton_repository_uri(self, prefix: str = "") -> str:
+        """The --model-repository value under which Triton reads `prefix` of this store."""
+        return self.uri_for(prefix)
+
+
+_REGISTRY: dict[str, type[ObjectStore]] = {}
+_BACKEND_MODULES = {"file": "services.storage.local", "s3": "services.storage.s3", "gs": "services.storage.gcs"}
+
+
+def register_store(scheme: str) -> Callable[[type[ObjectStore]], type[ObjectStore]]:
+    def decorator(cls: type[ObjectStore]) -> type[ObjectStore]:
+        cls.scheme = scheme
+        _REGISTRY[scheme] = cls
+        return cls
+
+    return decorator
+
+
+def open_store(uri: str, **options) -> ObjectStore:
+    scheme = urlparse(uri).scheme or "file"
+    if scheme not in _REGISTRY and scheme in _BACKEND_MODULES:
+        importlib.import_module(_BACKEND_MODULES[scheme])
+    try:
+        cls = _REGISTRY[scheme]
+    except KeyError:
+        raise ValueError(f"no object store for {scheme}:// (known: {sorted(_BACKEND_MODULES)})") from None
+    return cls(uri, **options)
