@@ -21,14 +21,13 @@ def up(config: Annotated[Optional[Path], typer.Option(help="Serve config YAML (d
 
 
 @app.command()
-def train(version: int = 1, seed: int = 0,
-          repository: Annotated[Optional[Path], typer.Option(help="default: var/model_repository")] = None):
-    """Train the digits ensemble and write it as a Triton model version."""
+def train(repository: Annotated[Optional[str], typer.Option(help="repository URI; default var/model_repository")] = None):
+    """Train the digits ensemble into an empty model repository as version 1."""
     import json
 
-    from services.models.digits.train import build_version
+    from services.models.digits.train import build_initial_version
 
-    print(json.dumps(build_version(repository or get_settings().model_repository, version, seed), indent=2))
+    print(json.dumps(build_initial_version(repository or get_settings().model_repository_uri), indent=2))
 
 
 if __name__ == "__main__":

@@ -1,72 +1,148 @@
-"""Lay out a Triton model repository from the sources in ``triton_models/`` plus trained artifacts.
+"""A Triton model repository in any object store: versions, pinned configs, atomic switches.
 
-``triton_models/<model>/`` holds ``config.pbtxt`` (CPU, Python backend) and ``configs/gpu.pbtxt``
-(GPU, onnxruntime). A built version folder holds ``model.onnx`` and, for Python-backend members,
-``model.py`` (a copy of ``triton_models/onnx_python_backend.py``). Ensembles get a placeholder file
-in their version folder because object stores have no empty folders.
+Layout (what Triton reads)::
 
-Writes go to a hidden staging folder first and are moved into place with ``os.replace``, so Triton
-never sees a half-written version.
+    <model>/config.pbtxt                 from triton_models/<model>/, with version policy / pins set here
+    <model>/configs/gpu.pbtxt            the GPU variant, same edits
+    <model>/<N>/model.onnx, model.py     members (model.py = triton_models/onnx_python_backend.py)
+    <ensemble>/<N>/ensemble-version.txt    ensembles: a placeholder, object stores have no empty folders
+
+Versions are immutable once written. Members keep ``version_policy: latest {num_versions: 3}``
+(a new version loads next to the serving one); the ensemble is pinned: ``version_policy:
+specific [N]`` and every step ``model_version: N``, so the ensemble and its members always move
+together and switching (or rolling back) the served version is one ensemble reload in Triton.
+
+Usage::
+
+    repo = ModelRepository(open_store("file:///abs/var/model_repository"))
+    repo.write_version("digits_mlp", 2, {"model.onnx": data})
+    repo.pin_ensemble(FAMILY, 2)
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import uuid
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
 from services.common.settings import REPO_ROOT
+from services.storage import ObjectStore
 
 SOURCES = REPO_ROOT / "triton_models"
 PYTHON_BACKEND = SOURCES / "onnx_python_backend.py"
-ENSEMBLE_PLACEHOLDER = ".ensemble-version"
+ENSEMBLE_PLACEHOLDER = "ensemble-version.txt"
+MEMBER_VERSIONS_LOADED = 3
+_VERSION_KEY = re.compile(r"^([^/]+)/(\d+)/")
 
 
-def is_ensemble(model_source: Path) -> bool:
-    return 'platform: "ensemble"' in (model_source / "config.pbtxt").read_text()
+@dataclass(frozen=True)
+class ModelFamily:
+    """An ensemble and the models its steps call; they are published and switched together."""
+
+    ensemble: str
+    members: tuple[str, ...]
 
 
-def write_model_version(repository: Path, model: str, version: int, onnx_file: Path | None,
-                        sources: Path = SOURCES) -> Path:
-    """Write ``repository/model/version`` (and the model's configs) atomically; return the version folder."""
-    source = sources / model
-    if not (source / "config.pbtxt").is_file():
-        raise FileNotFoundError(f"no Triton model source at {source}/config.pbtxt")
-    model_dir = repository / model
-    model_dir.mkdir(parents=True, exist_ok=True)
-    staging = repository / f".staging-{model}-{version}-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
-        if is_ensemble(source):
-            (staging / ENSEMBLE_PLACEHOLDER).write_text("ensemble versions have no files of their own\n")
-        else:
-            if onnx_file is None:
-                raise ValueError(f"{model} is not an ensemble and needs an ONNX file")
-            shutil.copyfile(onnx_file, staging / "model.onnx")
-            shutil.copyfile(PYTHON_BACKEND, staging / "model.py")
-        _copy_configs(source, model_dir)
-        target = model_dir / str(version)
-        if target.exists():
-            raise FileExistsError(f"{target} already exists; versions are immutable")
-        os.replace(staging, target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-    return model_dir / str(version)
+class ModelRepository:
+    def __init__(self, store: ObjectStore, sources: Path = SOURCES) -> None:
+        self.store = store
+        self.sources = sources
 
+    # ---- reading ------------------------------------------------------------------------------
+    def versions(self, model: str) -> list[int]:
+        found = set()
+        for obj in self.store.list(f"{model}/"):
+            m = _VERSION_KEY.match(obj.key)
+            if m and m.group(1) == model:
+                found.add(int(m.group(2)))
+        return sorted(found)
 
-def _copy_configs(source: Path, model_dir: Path) -> None:
-    for rel in ["config.pbtxt", *(p.relative_to(source).as_posix() for p in (source / "configs").glob("*.pbtxt"))]:
-        dest = model_dir / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}")
-        shutil.copyfile(source / rel, tmp)
-        os.replace(tmp, dest)
+    def complete_versions(self, family: ModelFamily) -> list[int]:
+        """Versions that the ensemble and every member have (a publish that died halfway has not)."""
+        common = set(self.versions(family.ensemble))
+        for member in family.members:
+            common &= set(self.versions(member))
+        return sorted(common)
 
+    def next_version(self, family: ModelFamily) -> int:
+        seen = [v for m in (family.ensemble, *family.members) for v in self.versions(m)]
+        return max(seen, default=0) + 1
 
-def versions(repository: Path, model: str) -> list[int]:
-    model_dir = repository / model
-    if not model_dir.is_dir():
-        return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    def config(self, model: str, name: str = "config.pbtxt") -> model_config_pb2.ModelConfig:
+        key = f"{model}/{name}"
+        text = (self.store.get_bytes(key).decode() if self.store.exists(key)
+                else (self.sources / model / name).read_text())
+        return text_format.Parse(text, model_config_pb2.ModelConfig())
+
+    def served_version(self, family: ModelFamily) -> int | None:
+        """The version the ensemble config pins (what Triton serves after a load)."""
+        if not self.store.exists(f"{family.ensemble}/config.pbtxt"):
+            return None
+        versions = list(self.config(family.ensemble).version_policy.specific.versions)
+        return versions[0] if versions else None
+
+    # ---- writing ------------------------------------------------------------------------------
+    def write_version(self, model: str, version: int, files: dict[str, bytes]) -> None:
+        """Write one member version. model.py goes last: Triton only loads what it is told to
+        (explicit model control), and a version without its model.py cannot half-load."""
+        if version in self.versions(model):
+            raise FileExistsError(f"{model} version {version} already exists; versions are immutable")
+        files = dict(files)
+        files.setdefault("model.py", PYTHON_BACKEND.read_bytes())
+        for name in sorted(files, key=lambda n: n == "model.py"):
+            self.store.put_bytes(f"{model}/{version}/{name}", files[name])
+        self._ensure_member_configs(model)
+
+    def write_ensemble_version(self, ensemble: str, version: int) -> None:
+        self.store.put_bytes(f"{ensemble}/{version}/{ENSEMBLE_PLACEHOLDER}",
+                             b"ensemble versions have no files of their own\n")
+
+    def _ensure_member_configs(self, model: str) -> None:
+        for name in self._config_names(model):
+            config = self.config(model, name)
+            if not config.version_policy.HasField("specific"):
+                config.version_policy.latest.num_versions = MEMBER_VERSIONS_LOADED
+            self._put_config(model, name, config)
+
+    def keep_member_loadable(self, family: ModelFamily, version: int) -> None:
+        """Make sure each member's version policy includes `version` (rollback to an old version)."""
+        for member in family.members:
+            latest = self.versions(member)[-MEMBER_VERSIONS_LOADED:]
+            if version in latest:
+                wanted = None
+            else:
+                wanted = sorted({*latest[-(MEMBER_VERSIONS_LOADED - 1):], version})
+            for name in self._config_names(member):
+                config = self.config(member, name)
+                config.ClearField("version_policy")
+                if wanted is None:
+                    config.version_policy.latest.num_versions = MEMBER_VERSIONS_LOADED
+                else:
+                    config.version_policy.specific.versions[:] = wanted
+                self._put_config(member, name, config)
+
+    def pin_ensemble(self, family: ModelFamily, version: int) -> None:
+        """Point the ensemble (all its config variants) at `version` of itself and its members."""
+        if version not in self.versions(family.ensemble):
+            raise FileNotFoundError(f"{family.ensemble} has no version {version}")
+        for name in self._config_names(family.ensemble):
+            config = self.config(family.ensemble, name)
+            config.ClearField("version_policy")
+            config.version_policy.specific.versions[:] = [version]
+            for step in config.ensemble_scheduling.step:
+                if step.model_name not in family.members:
+                    raise ValueError(f"ensemble step {step.model_name!r} is not a member of {family}")
+                step.model_version = version
+            self._put_config(family.ensemble, name, config)
+
+    def _config_names(self, model: str) -> list[str]:
+        names = ["config.pbtxt"]
+        names += [f"configs/{p.name}" for p in sorted((self.sources / model / "configs").glob("*.pbtxt"))]
+        return names
+
+    def _put_config(self, model: str, name: str, config: model_config_pb2.ModelConfig) -> None:
+        header = "# Written by services/model_repository.py from triton_models/; edit the source, not this.\n"
+        self.store.put_bytes(f"{model}/{name}", (header + text_format.MessageToString(config)).encode())

@@ -20,10 +20,16 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RTS_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="RTS_", env_file=".env", extra="ignore", populate_by_name=True)
 
     environment: str = Field("local", description="local | staging | production; production refuses unsafe defaults")
     var_dir: Path = Field(REPO_ROOT / "var", description="Where local state lives: model repository, datasets, logs")
+
+    # Storage (file://, s3://bucket/prefix, gs://bucket/prefix)
+    model_repository_uri_: str | None = Field(
+        None, alias="RTS_MODEL_REPOSITORY_URI", description="Triton model repository; default file://<var_dir>/model_repository")
+    data_uri_: str | None = Field(
+        None, alias="RTS_DATA_URI", description="Bucket for datasets, runs and lineage; default file://<var_dir>/bucket")
 
     # Triton
     triton_url: str | None = Field(
@@ -66,8 +72,12 @@ class Settings(BaseSettings):
         return value
 
     @property
-    def model_repository(self) -> Path:
-        return self.var_dir / "model_repository"
+    def model_repository_uri(self) -> str:
+        return self.model_repository_uri_ or f"file://{(self.var_dir / 'model_repository').resolve()}"
+
+    @property
+    def data_uri(self) -> str:
+        return self.data_uri_ or f"file://{(self.var_dir / 'bucket').resolve()}"
 
     @property
     def bundled_triton_grpc_url(self) -> str:

@@ -15,20 +15,25 @@ from typing import Callable
 import yaml
 
 from services.common.settings import Settings
+from services.model_repository import ModelRepository
 from services.models.digits import train as digits_train
 from services.runtime.processes import wait_until
 from services.runtime.ray_cluster import RayHead
 from services.runtime.triton import TritonServer
+from services.storage import open_store
 
 
-def ensure_model_repository(settings: Settings, say: Callable[[str], None] = print) -> Path:
-    """Train the bundled digits models into the local repository if it has no version yet."""
-    repository = settings.model_repository
-    if not (repository / digits_train.ENSEMBLE).is_dir():
-        say(f"no models in {repository}: training the digits ensemble (a few seconds) ...")
-        result = digits_train.build_version(repository, version=1)
+def ensure_model_repository(settings: Settings, say: Callable[[str], None] = print) -> str:
+    """Train the bundled digits models into the repository if it has no version yet.
+
+    Returns the repository as Triton's --model-repository wants it (a path, or s3://... / gs://...).
+    """
+    store = open_store(settings.model_repository_uri)
+    if not ModelRepository(store).versions(digits_train.ENSEMBLE):
+        say(f"no models in {settings.model_repository_uri}: training the digits ensemble (a few seconds) ...")
+        result = digits_train.build_initial_version(settings.model_repository_uri)
         say(f"trained digits v1, holdout accuracy {result['holdout_accuracy']['ensemble']:.3f}")
-    return repository
+    return store.triton_repository_uri()
 
 
 def render_serve_config(source: Path, target: Path, *, http_port: int, triton_url: str) -> Path:
@@ -57,6 +62,7 @@ class Stack:
         self.work_dir = work_dir or settings.var_dir / "run"
         self.say = say
         self.ray_temp_dir = ray_temp_dir
+        self.triton_repository: str | None = None
         self.triton: TritonServer | None = None
         self.ray: RayHead | None = None
 
@@ -78,7 +84,7 @@ class Stack:
 
     def _start(self) -> None:
         t0 = time.monotonic()
-        repository = ensure_model_repository(self.settings, self.say)
+        repository = self.triton_repository = ensure_model_repository(self.settings, self.say)
         if self.settings.triton_url:
             self.say(f"using external Triton at {self.settings.triton_url}")
         else:

@@ -2,7 +2,7 @@
 
 Usage::
 
-    with TritonServer(repository=Path("var/model_repository"), settings=get_settings()) as triton:
+    with TritonServer(repository="/abs/path/or/s3://...", settings=get_settings()) as triton:
         triton.grpc_url  # grpc://127.0.0.1:8101
 
 Explicit model control: the server starts with the models named in ``load_models`` and loads or

@@ -1,22 +1,26 @@
-"""Train the digits ensemble members, export them to ONNX and write a Triton model version.
+"""Train the digits ensemble members, export them to ONNX and publish a Triton model version.
 
 Usage::
 
-    python -m services.models.digits.train                 # writes var/model_repository version 1
-    python -m services.models.digits.train --version 2 --repository /path/to/repo
+    python -m services.models.digits.train                  # version 1 into var/model_repository
+    python -m services.models.digits.train --if-missing     # what `make up` runs
 
-Seeded and reproducible; about five seconds on one CPU core. The holdout split (fixed seed) never
-enters training; its accuracy is printed and written to ``metrics.json`` next to the artifacts.
+Both members (a logistic regression and an MLP, each behind a StandardScaler) learn by
+mini-batch epochs (``partial_fit``). With several workers each trains on its shard and the
+workers average their weights after every epoch (local SGD): this is what the Ray Train job in
+``services/retraining`` runs; one worker, here, is the same code with nothing to average.
+Seeded and reproducible; about two seconds on one core. The holdout split (fixed seed) never
+enters training.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
+import warnings
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -24,20 +28,20 @@ from onnx import TensorProto, helper
 from skl2onnx import to_onnx
 from skl2onnx.common.data_types import FloatTensorType
 from sklearn.datasets import load_digits
-from sklearn.linear_model import LogisticRegression
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import SGDClassifier
 from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier
-from sklearn.pipeline import make_pipeline
+from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from services.common.settings import get_settings
-from services.model_repository import write_model_version
 from services.models.digits.features import normalize_digit, pixels_to_gray
 
 ENSEMBLE = "digits"
 MEMBERS = ("digits_logreg", "digits_mlp")
 COMBINER = "digits_combine"
 N_CLASSES = 10
+CLASSES = np.arange(N_CLASSES)
 HOLDOUT_SEED = 20240607
 HOLDOUT_FRACTION = 0.2
 
@@ -48,6 +52,16 @@ class DigitsSplit:
     train_labels: np.ndarray
     holdout_images: np.ndarray
     holdout_labels: np.ndarray
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    epochs: int = 60
+    seed: int = 0
+    mlp_hidden: int = 96
+    mlp_alpha: float = 1e-3
+    sgd_alpha: float = 1e-3
+    sgd_eta0: float = 0.01
 
 
 def load_split() -> DigitsSplit:
@@ -64,16 +78,45 @@ def featurize(images: np.ndarray) -> np.ndarray:
     return np.stack([normalize_digit(pixels_to_gray(img)) for img in images]).astype(np.float32)
 
 
-def train_members(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> dict:
-    logreg = make_pipeline(StandardScaler(), LogisticRegression(C=0.5, max_iter=2000))
-    mlp = make_pipeline(
-        StandardScaler(),
-        MLPClassifier(hidden_layer_sizes=(96,), alpha=1e-3, max_iter=600, random_state=seed),
-    )
-    return {"digits_logreg": logreg.fit(features, labels), "digits_mlp": mlp.fit(features, labels)}
+Averager = Callable[[dict[str, list[np.ndarray]]], dict[str, list[np.ndarray]]]
 
 
-def export_member(model, path: Path) -> None:
+def fit_members(features: np.ndarray, labels: np.ndarray, params: TrainParams = TrainParams(), *,
+                rank: int = 0, world_size: int = 1, average: Averager | None = None) -> dict[str, Pipeline]:
+    """Train both members on this worker's shard; `average` all-reduces weights after each epoch.
+
+    The scaler is fitted on all rows (cheap, and every worker must scale identically).
+    """
+    scaler = StandardScaler().fit(features)
+    x = scaler.transform(features).astype(np.float32)
+    shard = np.arange(len(x))[rank::world_size]
+    rng = np.random.default_rng(params.seed + rank)
+    mlp = MLPClassifier(hidden_layer_sizes=(params.mlp_hidden,), alpha=params.mlp_alpha, random_state=params.seed)
+    sgd = SGDClassifier(loss="log_loss", alpha=params.sgd_alpha, learning_rate="constant", eta0=params.sgd_eta0,
+                        random_state=params.seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for _ in range(params.epochs):
+            order = rng.permutation(shard)
+            mlp.partial_fit(x[order], labels[order], classes=CLASSES)
+            sgd.partial_fit(x[order], labels[order], classes=CLASSES)
+            if average is not None and world_size > 1:
+                mean = average({"mlp_w": mlp.coefs_, "mlp_b": mlp.intercepts_,
+                                "sgd": [sgd.coef_, sgd.intercept_]})
+                mlp.coefs_, mlp.intercepts_ = list(mean["mlp_w"]), list(mean["mlp_b"])
+                sgd.coef_, sgd.intercept_ = mean["sgd"][0], mean["sgd"][1]
+    return {
+        "digits_logreg": Pipeline([("scale", scaler), ("clf", sgd)]),
+        "digits_mlp": Pipeline([("scale", scaler), ("clf", mlp)]),
+    }
+
+
+def ensemble_proba(models: dict[str, Pipeline], features: np.ndarray) -> np.ndarray:
+    """What the Triton ensemble computes: the members' mean class probabilities."""
+    return sum(m.predict_proba(features) for m in models.values()) / len(models)
+
+
+def member_onnx(model: Pipeline) -> bytes:
     onx = to_onnx(
         model,
         initial_types=[("pixels", FloatTensorType([None, 64]))],
@@ -81,70 +124,79 @@ def export_member(model, path: Path) -> None:
         target_opset={"": 17, "ai.onnx.ml": 3},
     )
     # Serve only the probabilities output, under the name config.pbtxt uses.
-    outputs = {o.name for o in onx.graph.output}
-    if "probabilities" not in outputs:
-        raise RuntimeError(f"skl2onnx produced outputs {sorted(outputs)}, expected 'probabilities'")
+    if "probabilities" not in {o.name for o in onx.graph.output}:
+        raise RuntimeError(f"skl2onnx produced outputs {[o.name for o in onx.graph.output]}, no 'probabilities'")
     keep = [o for o in onx.graph.output if o.name == "probabilities"]
     del onx.graph.output[:]
     onx.graph.output.extend(keep)
     onnx.checker.check_model(onx)
-    path.write_bytes(onx.SerializeToString())
+    return onx.SerializeToString()
 
 
-def export_combiner(path: Path) -> None:
+def combiner_onnx() -> bytes:
     """ONNX graph averaging the members' class probabilities."""
     ins = [helper.make_tensor_value_info(f"probs_{m.split('_', 1)[1]}", TensorProto.FLOAT, [None, N_CLASSES])
            for m in MEMBERS]
     out = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, N_CLASSES])
-    half = helper.make_tensor("half", TensorProto.FLOAT, [], [1.0 / len(MEMBERS)])
+    weight = helper.make_tensor("weight", TensorProto.FLOAT, [], [1.0 / len(MEMBERS)])
     nodes = [helper.make_node("Sum", [i.name for i in ins], ["total"]),
-             helper.make_node("Mul", ["total", "half"], ["probabilities"])]
-    graph = helper.make_graph(nodes, "digits_combine", ins, [out], initializer=[half])
+             helper.make_node("Mul", ["total", "weight"], ["probabilities"])]
+    graph = helper.make_graph(nodes, "digits_combine", ins, [out], initializer=[weight])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
-    path.write_bytes(model.SerializeToString())
+    return model.SerializeToString()
 
 
-def build_version(repository: Path, version: int, seed: int = 0) -> dict:
+def export_family(models: dict[str, Pipeline]) -> dict[str, bytes]:
+    """ONNX bytes for every member of the Triton family, keyed by Triton model name."""
+    return {**{name: member_onnx(m) for name, m in models.items()}, COMBINER: combiner_onnx()}
+
+
+def family():
+    from services.model_repository import ModelFamily
+
+    return ModelFamily(ensemble=ENSEMBLE, members=(*MEMBERS, COMBINER))
+
+
+def build_initial_version(repository_uri: str, params: TrainParams = TrainParams()) -> dict:
+    """Train on the base split and publish version 1, pinned, into an empty repository."""
+    from services.model_repository import ModelRepository
+    from services.storage import open_store
+
     started = time.perf_counter()
+    repo = ModelRepository(open_store(repository_uri))
+    if repo.versions(ENSEMBLE):
+        raise FileExistsError(f"{repository_uri} already has {ENSEMBLE} versions {repo.versions(ENSEMBLE)}")
     split = load_split()
     train_x, holdout_x = featurize(split.train_images), featurize(split.holdout_images)
-    models = train_members(train_x, split.train_labels, seed=seed)
-    metrics = {name: float((m.predict(holdout_x) == split.holdout_labels).mean()) for name, m in models.items()}
-    avg = sum(m.predict_proba(holdout_x) for m in models.values()) / len(models)
-    metrics["ensemble"] = float((avg.argmax(axis=1) == split.holdout_labels).mean())
-    with tempfile.TemporaryDirectory() as tmp:
-        artifacts = {}
-        for name, model in models.items():
-            artifacts[name] = Path(tmp) / f"{name}.onnx"
-            export_member(model, artifacts[name])
-        artifacts[COMBINER] = Path(tmp) / f"{COMBINER}.onnx"
-        export_combiner(artifacts[COMBINER])
-        # Members first, ensemble last: the ensemble version appears only once its members exist.
-        for name in (*MEMBERS, COMBINER):
-            write_model_version(repository, name, version, artifacts[name])
-        write_model_version(repository, ENSEMBLE, version, None)
-    result = {"version": version, "holdout_accuracy": metrics, "seed": seed,
-              "train_size": int(len(train_x)), "holdout_size": int(len(holdout_x)),
-              "seconds": round(time.perf_counter() - started, 2)}
-    (repository / ENSEMBLE / str(version) / "metrics.json").write_text(json.dumps(result, indent=2))
-    return result
+    models = fit_members(train_x, split.train_labels, params)
+    accuracy = {name: float((m.predict(holdout_x) == split.holdout_labels).mean()) for name, m in models.items()}
+    accuracy["ensemble"] = float((ensemble_proba(models, holdout_x).argmax(1) == split.holdout_labels).mean())
+    for name, data in export_family(models).items():
+        repo.write_version(name, 1, {"model.onnx": data})
+    repo.write_ensemble_version(ENSEMBLE, 1)
+    repo.pin_ensemble(family(), 1)
+    return {"version": 1, "holdout_accuracy": accuracy, "train_size": len(train_x),
+            "seconds": round(time.perf_counter() - started, 2)}
 
 
 def main() -> None:
+    from services.common.settings import get_settings
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repository", type=Path, default=None, help="model repository (default var/model_repository)")
-    parser.add_argument("--version", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--if-missing", action="store_true", help="do nothing when the ensemble version exists")
+    parser.add_argument("--repository", default=None, help="model repository URI (default: var/model_repository)")
+    parser.add_argument("--if-missing", action="store_true", help="do nothing when a version exists")
     args = parser.parse_args()
-    repository = args.repository or get_settings().model_repository
-    if args.if_missing and (repository / ENSEMBLE / str(args.version)).is_dir():
-        print(f"model repository {repository} already has {ENSEMBLE} version {args.version}")
+    uri = args.repository or get_settings().model_repository_uri
+    from services.model_repository import ModelRepository
+    from services.storage import open_store
+
+    if args.if_missing and ModelRepository(open_store(uri)).versions(ENSEMBLE):
+        print(f"{uri} already has a {ENSEMBLE} version")
         return
-    print(f"training digits version {args.version} into {repository} ...", flush=True)
-    print(json.dumps(build_version(repository, args.version, args.seed), indent=2))
+    print(f"training the digits ensemble into {uri} ...", flush=True)
+    print(json.dumps(build_initial_version(uri), indent=2))
 
 
 if __name__ == "__main__":
