@@ -13,7 +13,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     serve_haproxy: bool = Field(
         True, description="HAProxy instead of Serve's Python proxy on the HTTP port (needs serve_fast_path); "
         "its stats/metrics listeners bind all interfaces, as Ray's own gRPC ports do")
+
+    admin_token: SecretStr | None = Field(None, description="Bearer token of the /admin API; unset disables it")
+    retraining_listener: bool = Field(True, description="`make up` runs the local retraining listener")
 
     # Request limits
     max_body_bytes: int = Field(8 * 1024 * 1024, description="Largest request body accepted (413 above)")

@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.common.errors import InvalidInput, PayloadTooLarge, ServingError, UnknownModel
 from services.common.settings import Settings
 from services.gateway import oip
+from services.gateway.admin import admin_router
 from services.models.base import ModelSpec
 from services.pipeline.pipeline import InferencePipeline
 from services.pipeline.stages import Item
@@ -158,6 +159,8 @@ def create_app(pipeline: InferencePipeline, specs: dict[str, ModelSpec], setting
             return JSONResponse({"status": "ok", "models": sorted(specs)})
         return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503,
                             headers={"Retry-After": "2"})
+
+    app.include_router(admin_router(settings))
 
     # ---- /v1 ----------------------------------------------------------------------------------
     async def predict_v1(request: Request, model: str, top_k: int | None) -> PredictResponse:

@@ -29,6 +29,7 @@ DATASET = "datasets/digits"
 INCOMING = f"{DATASET}/incoming/"
 ACCEPTED = f"{DATASET}/accepted/"
 REJECTED = f"{DATASET}/rejected/"
+QUARANTINED = f"{DATASET}/quarantined/"
 SUFFIXES = (".npz", ".csv")
 MAX_ROWS = 100_000
 
@@ -181,3 +182,18 @@ def load_accepted(store: ObjectStore) -> tuple[np.ndarray, np.ndarray, list[dict
         labels.append(y)
         files.append({"key": obj.key, "sha256": hashlib.sha256(data).hexdigest(), "rows": int(len(y))})
     return np.concatenate(images), np.concatenate(labels), files
+
+
+def quarantine(store: ObjectStore, incoming_keys: list[str], run_id: str, reason: str) -> list[str]:
+    """Move the files a failed-gate run accepted out of accepted/, with a report, so no later run uses them."""
+    moved = []
+    for key in incoming_keys:
+        name = key.rsplit("/", 1)[-1]
+        src = f"{ACCEPTED}{name}"
+        if not store.exists(src):
+            continue
+        store.move(src, f"{QUARANTINED}{name}")
+        store.put_bytes(f"{QUARANTINED}{name}.report.json", json.dumps(
+            {"key": f"{QUARANTINED}{name}", "run_id": run_id, "reason": reason}, indent=2).encode())
+        moved.append(f"{QUARANTINED}{name}")
+    return moved

@@ -85,6 +85,48 @@ def _weight_averager():
     return WeightAverager
 
 
+def _run_lock():
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class RunLock:
+        """One retraining run at a time per cluster, with a lease so a crashed run cannot block forever."""
+
+        def __init__(self) -> None:
+            self.holder: str | None = None
+            self.expires = 0.0
+
+        def try_acquire(self, run_id: str, lease_s: float) -> str | None:
+            if self.holder is None or time.time() > self.expires or self.holder == run_id:
+                self.holder, self.expires = run_id, time.time() + lease_s
+                return None
+            return self.holder
+
+        def release(self, run_id: str) -> None:
+            if self.holder == run_id:
+                self.holder = None
+
+    return RunLock.options(name="retraining-run-lock", namespace="rts", get_if_exists=True,
+                           lifetime="detached").remote()
+
+
+@contextmanager
+def exclusive_run(run_id: str, wait_s: float = 900.0, lease_s: float = 1800.0):
+    import ray
+
+    lock = _run_lock()
+    deadline = time.monotonic() + wait_s
+    while (holder := ray.get(lock.try_acquire.remote(run_id, lease_s))) is not None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"run {holder} still holds the retraining lock after {wait_s:.0f}s")
+        log.info("[%s] waiting for run %s to finish", run_id, holder)
+        time.sleep(2)
+    try:
+        yield
+    finally:
+        ray.get(lock.release.remote(run_id))
+
+
 def _train_loop_per_worker(config: dict) -> None:
     import ray
     import ray.train
@@ -126,6 +168,10 @@ def train_with_ray(features: np.ndarray, labels: np.ndarray, cfg: RetrainConfig,
     ray.kill(averager)
     with result.checkpoint.as_directory() as ckpt:
         return pickle.loads((Path(ckpt) / "models.pkl").read_bytes())
+
+
+def st_files(run: dict) -> list[str]:
+    return run["stages"].get("validate", {}).get("accepted_files", [])
 
 
 def production_ensemble(repo: ModelRepository, version: int | None) -> OnnxEnsemble | None:
@@ -209,6 +255,8 @@ def retrain(events: list[dict], run_id: str | None = None, cfg: RetrainConfig | 
                 failed = [r.name for r in results if not r.passed]
                 run["outcome"] = "gates_failed"
                 run["reason"] = f"failed gates: {failed}"
+                # The data this run brought in made a worse model: keep it out of later runs.
+                st["quarantined_files"] = dataset.quarantine(data, st_files(run), run_id, run["reason"])
                 return run
 
         with stage("publish") as st:
@@ -259,7 +307,9 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     ray.init(address="auto", log_to_driver=True)
-    run = retrain(json.loads(args.events_json), args.run_id)
+    run_id = args.run_id or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    with exclusive_run(run_id):  # runs see each other's moves of incoming files, never interleave
+        run = retrain(json.loads(args.events_json), run_id)
     print(json.dumps({k: run.get(k) for k in ("run_id", "outcome", "version", "reason")}), flush=True)
     return 0 if run["outcome"] in ("published", "gates_failed", "no_new_data") else 1
 

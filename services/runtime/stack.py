@@ -6,18 +6,23 @@ the same class on other ports, so what is tested is what users run.
 
 from __future__ import annotations
 
+import os
+import secrets
 import signal
+import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
 from typing import Callable
 
 import yaml
+from pydantic import SecretStr
 
 from services.common.settings import Settings
 from services.model_repository import ModelRepository
 from services.models.digits import train as digits_train
-from services.runtime.processes import wait_until
+from services.runtime.processes import start_process, stop_process, wait_until
 from services.runtime.ray_cluster import RayHead
 from services.runtime.triton import TritonServer
 from services.storage import open_store
@@ -50,8 +55,14 @@ def render_serve_config(source: Path, target: Path, *, http_port: int, triton_ur
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The settings this process was given explicitly, as RTS_* variables for the Ray workers."""
-    return {f"RTS_{name.upper()}": str(value) for name, value in settings.model_dump(exclude_unset=True).items()
-            if value is not None}
+    env = {}
+    for name, value in settings.model_dump(exclude_unset=True, by_alias=True).items():
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        env[name if name.startswith("RTS_") else f"RTS_{name.upper()}"] = str(value)
+    return env
 
 
 class Stack:
@@ -65,6 +76,11 @@ class Stack:
         self.triton_repository: str | None = None
         self.triton: TritonServer | None = None
         self.ray: RayHead | None = None
+        self.listener: subprocess.Popen | None = None
+        if settings.admin_token is None:
+            # A fresh token per `make up`, printed once; set RTS_ADMIN_TOKEN to choose your own.
+            self.settings = settings = settings.model_copy(update={"admin_token": SecretStr(secrets.token_urlsafe(24))})
+            settings.model_fields_set.add("admin_token")
 
     @property
     def gateway_url(self) -> str:
@@ -102,12 +118,26 @@ class Stack:
         self.ray.serve_deploy(rendered)
         wait_until(self.healthy, timeout_s=120, what="gateway /healthz", interval_s=0.5)
         self.say(f"      serving ({time.monotonic() - t0:.1f}s)")
+        if self.settings.retraining_listener:
+            self.listener = start_process(
+                [sys.executable, "-m", "services.retraining.listener", "--source", "local"],
+                env={**os.environ, **self.job_env()}, log_file=self.work_dir / "listener.log")
+            self.say(f"      retraining listener watching {self.settings.data_uri}/datasets/digits/incoming/ "
+                     f"(log: {self.work_dir / 'listener.log'})")
+
+    def job_env(self) -> dict[str, str]:
+        """Environment for processes that talk to this stack (listener, jobs, CLI)."""
+        return {**settings_env(self.settings), "RTS_RAY_DASHBOARD_URL": self.ray.dashboard_url,
+                "RTS_TRITON_URL": self.triton_url}
 
     def healthy(self) -> bool:
         with urllib.request.urlopen(f"{self.gateway_url}/healthz", timeout=3) as resp:
             return resp.status == 200
 
     def stop(self) -> None:
+        if self.listener is not None:
+            stop_process(self.listener, timeout_s=10)
+            self.listener = None
         if self.ray is not None:
             self.say("stopping Ray ...")
             self.ray.stop()
@@ -130,6 +160,7 @@ class Stack:
                 f"\ngateway    {self.gateway_url}  (try {self.gateway_url}/docs)\n"
                 f"dashboard  http://127.0.0.1:{self.settings.ray_dashboard_port}\n"
                 f"triton     {self.triton_url}\n"
+                f"admin      Authorization: Bearer {self.settings.admin_token.get_secret_value()}\n"
                 "Ctrl-C stops everything this command started."
             )
             while True:

@@ -26,6 +26,8 @@ def stack(tmp_path_factory) -> Stack:
         ray_gcs_port=free_port(), ray_dashboard_port=free_port(), serve_http_port=free_port(),
         ray_temp_dir=Path(f"/tmp/rts-test-{os.getpid()}"),
         max_body_bytes=2 * 1024 * 1024, max_batch_items=64, max_image_pixels=4_000_000,
+        # Tests start runs themselves; test_retraining_events runs its own listener.
+        retraining_listener=False,
     )
     s = Stack(settings, say=lambda msg: print(f"[stack] {msg}", flush=True))
     s.start()
