@@ -12,7 +12,9 @@ does) for a warm-up and a measured interval. Targets:
 - ``triton-direct``: Triton's HTTP /v2 infer with the preprocessed 64 features (no pre/post);
 - ``gateway-composed``: POST /v1/predict with the PNG, through Preprocess -> TritonEnsemble ->
   Postprocess deployments;
-- ``gateway-fused``: the same request, all stages inside the ingress replica.
+- ``gateway-fused``: the same request, all stages inside the ingress replica;
+- ``fastapi-onnxruntime``: what many users would write instead: one uvicorn process with the same
+  preprocessing, the same ONNX files run by onnxruntime in-process, the same postprocessing.
 
 Writes ``loadtests/results/bench-<time>/`` with ``results.json``, ``results.md`` and ``bench.png``.
 """
@@ -34,6 +36,7 @@ from pathlib import Path
 from services.common.settings import REPO_ROOT, Settings
 from services.models.digits.preprocess import DigitsPreprocess
 from services.models.digits.train import load_split
+from services.runtime.processes import start_process, stop_process, wait_until
 from services.runtime.ray_cluster import free_port
 from services.runtime.stack import Stack, render_serve_config
 from services.models.digits.samples import render
@@ -138,12 +141,35 @@ def plot(results: list[Measurement], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def bench_baseline(stack: Stack, args, bodies, out: Path) -> list[Measurement]:
+    import httpx
+
+    port = free_port()
+    proc = start_process([sys.executable, "-m", "loadtests.baseline_server", "--repository",
+                          stack.triton_repository, "--version", "1", "--port", str(port)],
+                         log_file=out / "baseline-server.log")
+    try:
+        wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/docs").status_code == 200, timeout_s=60,
+                   what="baseline server", proc=proc, log_file=out / "baseline-server.log")
+        target = Target("fastapi-onnxruntime", f"http://127.0.0.1:{port}/v1/predict", *bodies["gateway"])
+        measured = []
+        for c in args.concurrency:
+            m = run_wrk(target, c, args.duration, args.warmup)
+            print(f"[bench] {m.target:18s} c={c:<3d} p50 {m.p50_ms:7.2f} ms  p99 {m.p99_ms:7.2f} ms  "
+                  f"{m.rps:8.0f} req/s  errors {m.errors}", flush=True)
+            measured.append(m)
+        return measured
+    finally:
+        stop_process(proc)
+
+
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description="Triton direct vs gateway benchmark")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--duration", type=int, default=8, help="measured seconds per point")
     parser.add_argument("--warmup", type=int, default=2, help="warm-up seconds per point")
     parser.add_argument("--layouts", nargs="+", default=["composed", "fused"], choices=["composed", "fused"])
+    parser.add_argument("--no-baseline", action="store_true", help="skip the FastAPI + onnxruntime server")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
@@ -177,6 +203,8 @@ def main(argv: list[str] | None = None) -> Path:
                     print(f"[bench] {m.target:18s} c={c:<3d} p50 {m.p50_ms:7.2f} ms  p99 {m.p99_ms:7.2f} ms  "
                           f"{m.rps:8.0f} req/s  errors {m.errors}", flush=True)
                     results.append(m)
+        if not args.no_baseline:
+            results += bench_baseline(stack, args, bodies, out)
     results.sort(key=lambda m: (m.concurrency, m.target != "triton-direct", m.target))
     (out / "results.json").write_text(json.dumps([asdict(m) for m in results], indent=2))
     table = to_markdown(results)
