@@ -47,19 +47,40 @@ class InferenceAppArgs(BaseModel):
         "composed", description="composed: one deployment per stage; fused: all stages in the ingress replica")
 
 
+def _observability(service: str) -> None:
+    """Once per replica process: OTEL_* env decides tracing; metrics go to Ray and /metrics."""
+    from services.observability.metrics import configure_metrics
+    from services.observability.tracing import configure_tracing
+
+    configure_tracing(service)
+    configure_metrics("ray", also_local=True)
+
+
 @serve.deployment(name="Preprocess")
 class Preprocess(PreprocessStage):
     """Decodes and normalizes user inputs into model rows (CPU-bound; scale it on its own)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        _observability("rts-preprocess")
+        super().__init__(*args, **kwargs)
 
 
 @serve.deployment(name="Postprocess")
 class Postprocess(PostprocessStage):
     """Turns class scores into labels, confidences and top-k."""
 
+    def __init__(self, *args, **kwargs) -> None:
+        _observability("rts-postprocess")
+        super().__init__(*args, **kwargs)
+
 
 @serve.deployment(name="TritonEnsemble")
 class TritonEnsemble(TritonStage):
     """Async gRPC client to Triton, one reused channel per replica."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        _observability("rts-triton-client")
+        super().__init__(*args, **kwargs)
 
 
 @serve.deployment(name="Ingress")
@@ -69,6 +90,7 @@ class Ingress:
 
     def __init__(self, args: InferenceAppArgs, preprocess: DeploymentHandle | None = None,
                  triton: DeploymentHandle | None = None, postprocess: DeploymentHandle | None = None) -> None:
+        _observability("rts-gateway")
         self.settings = get_settings()
         self.specs = load_specs(args.models)
         if args.layout == "fused":
@@ -76,7 +98,13 @@ class Ingress:
                       LocalStage(PostprocessStage(args.models)))
         else:
             stages = (HandleStage(preprocess), HandleStage(triton), HandleStage(postprocess))
-        self.pipeline = InferencePipeline(*stages)
+        drift = None
+        if self.settings.drift_watch:
+            from services.pipeline.drift_watch import DriftWatch
+
+            drift = DriftWatch(self.settings.data_uri, window=self.settings.drift_window,
+                               cooldown_s=self.settings.drift_cooldown_s)
+        self.pipeline = InferencePipeline(*stages, drift=drift)
 
     def __serve_build_asgi_app__(self):
         return create_app(self.pipeline, self.specs, self.settings)

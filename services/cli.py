@@ -27,7 +27,9 @@ def train(repository: Annotated[Optional[str], typer.Option(help="repository URI
 
     from services.models.digits.train import build_initial_version
 
-    print(json.dumps(build_initial_version(repository or get_settings().model_repository_uri), indent=2))
+    settings = get_settings()
+    print(json.dumps(build_initial_version(repository or settings.model_repository_uri, data_uri=settings.data_uri),
+                     indent=2))
 
 
 models = typer.Typer(help="Model versions: list, retrain, roll back", no_args_is_help=True)

@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(None, description="Bearer token of the /admin API; unset disables it")
     retraining_listener: bool = Field(True, description="`make up` runs the local retraining listener")
 
+    drift_watch: bool = Field(True, description="watch input/prediction drift against the served version")
+    drift_window: int = Field(500, description="images in the drift window")
+    drift_cooldown_s: float = Field(600.0, description="at most one drift retrain request per this many seconds")
+
     # Request limits
     max_body_bytes: int = Field(8 * 1024 * 1024, description="Largest request body accepted (413 above)")
     max_batch_items: int = Field(64, description="Most images in one request (413 above)")

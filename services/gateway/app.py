@@ -24,6 +24,7 @@ from services.common.errors import InvalidInput, PayloadTooLarge, ServingError, 
 from services.common.settings import Settings
 from services.gateway import oip
 from services.gateway.admin import admin_router
+from services.observability.instrument import ObservabilityMiddleware, add_metrics_route
 from services.models.base import ModelSpec
 from services.pipeline.pipeline import InferencePipeline
 from services.pipeline.stages import Item
@@ -141,16 +142,23 @@ def create_app(pipeline: InferencePipeline, specs: dict[str, ModelSpec], setting
         title="Ray Serve + Triton inference gateway",
         version="0.1.0",
         description="preprocess -> Triton ensemble -> postprocess. Models: " + ", ".join(specs),
+        # Our ObservabilityMiddleware opens the ingress span (under Serve's span when Serve traces);
+        # FastAPI's own span would take its parent from headers only and split the trace.
+        telemetry={"tracing": False},
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestId)
+    app.add_middleware(ObservabilityMiddleware)  # outermost: sees every response, errors included
+    add_metrics_route(app)
 
     @app.exception_handler(ServingError)
     async def _serving_error(request: Request, exc: ServingError) -> JSONResponse:
+        request.state.error_code = exc.code
         return error_response(exc, getattr(request.state, "request_id", None), oip_format=_is_oip(request))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        request.state.error_code = "invalid_request"
         parts = ["/".join(str(p) for p in e.get("loc", ())) + ": " + e.get("msg", "") for e in exc.errors()]
         return error_response(InvalidInput("invalid request: " + "; ".join(parts), status=422,
                                            code="invalid_request"), oip_format=_is_oip(request))
@@ -183,14 +191,26 @@ def create_app(pipeline: InferencePipeline, specs: dict[str, ModelSpec], setting
 
     app.include_router(admin_router(settings))
 
+    @app.get("/drift", summary="Input and prediction drift of each model vs its served version's training data")
+    async def drift(model: Annotated[str, Query()] = default_model) -> dict:
+        spec_for(model)
+        watch = getattr(pipeline, "drift", None)
+        report = watch.report(model) if watch else None
+        if report is None:
+            return {"model": model, "status": "not watching yet (no traffic, or no reference for this version)"}
+        return report
+
     # ---- /v1 ----------------------------------------------------------------------------------
     async def predict_v1(request: Request, model: str, top_k: int | None) -> JSONResponse:
         spec = spec_for(model)
         k = spec.default_top_k if top_k is None else top_k
         if not 1 <= k <= len(spec.labels):
             raise InvalidInput(f"top_k must be between 1 and {len(spec.labels)}, got {k}", code="bad_top_k")
+        request.state.model = spec.name
         items = await read_items(request, spec, settings)
+        request.state.batch_size = len(items)
         result = await pipeline.predict(spec.name, items, k)
+        request.state.model_version = result.version
         # Built directly: the shape is ours and fixed, re-validating it through the response
         # model costs CPU on every request. response_model stays on the routes for the docs.
         return JSONResponse({"predictions": result.predictions, "model": {"name": spec.name, "version": result.version},
@@ -252,8 +272,11 @@ def create_app(pipeline: InferencePipeline, specs: dict[str, ModelSpec], setting
             raise InvalidInput("compressed request bodies are not supported; send it uncompressed",
                                status=415, code="unsupported_encoding")
         body = await request.body()
+        request.state.model = spec.name
         parsed = oip.parse_request(body, request.headers.get(oip.HEADER_LENGTH), spec, settings.max_batch_items)
+        request.state.batch_size = len(parsed.items)
         result = await pipeline.predict(spec.name, parsed.items, len(spec.labels), version)
+        request.state.model_version = result.version
         content, headers = oip.encode_response(spec, result.version, parsed, result.predictions, result.scores)
         return Response(content=content, headers=headers)
 

@@ -10,6 +10,9 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 
 from services.common.errors import ServingError
+from services.observability import metrics
+from services.observability.instrument import stage
+from services.observability.tracing import triton_headers
 from services.pipeline.stages import Item
 
 
@@ -56,13 +59,22 @@ class Prediction:
 
 
 class InferencePipeline:
-    def __init__(self, preprocess: Stage, triton: Stage, postprocess: Stage) -> None:
+    def __init__(self, preprocess: Stage, triton: Stage, postprocess: Stage, drift: Any = None) -> None:
         self.preprocess, self.triton, self.postprocess = preprocess, triton, postprocess
+        self.drift = drift  # services.pipeline.drift_watch.DriftWatch, or None
 
     async def predict(self, model: str, items: Sequence[Item], top_k: int, version: str = "") -> Prediction:
-        features = await self.preprocess.call("run", model, list(items))
-        result = await self.triton.call("infer", model, features, version)
-        predictions = await self.postprocess.call("run", model, result["scores"], top_k)
+        with stage("preprocess", model, batch_size=len(items)):
+            features = await self.preprocess.call("run", model, list(items))
+        with stage("triton", model) as span:
+            # traceparent rides as gRPC metadata: Triton's own spans join this trace under this span.
+            result = await self.triton.call("infer", model, features, version, triton_headers())
+            span.set_attribute("rts.model_version", str(result["version"]))
+        with stage("postprocess", model):
+            predictions = await self.postprocess.call("run", model, result["scores"], top_k)
+        metrics.set_served_version(model, result["version"])
+        if self.drift is not None:
+            self.drift.observe(model, result["version"], features, result["scores"])
         return Prediction(model=result["model"], version=result["version"], scores=result["scores"],
                           predictions=predictions)
 

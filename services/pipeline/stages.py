@@ -88,7 +88,8 @@ class TritonStage:
             self._client = grpcclient.InferenceServerClient(self.url)
         return self._client
 
-    async def infer(self, model: str, features: np.ndarray, version: str = "") -> dict:
+    async def infer(self, model: str, features: np.ndarray, version: str = "",
+                    headers: dict[str, str] | None = None) -> dict:
         import tritonclient.grpc.aio as grpcclient
 
         spec = _spec(self.specs, model)
@@ -97,7 +98,8 @@ class TritonStage:
         out = grpcclient.InferRequestedOutput(spec.triton_output)
         try:
             result = await self._get_client().infer(
-                spec.triton_model, [inp], model_version=version, outputs=[out], client_timeout=self.timeout_s)
+                spec.triton_model, [inp], model_version=version, outputs=[out], client_timeout=self.timeout_s,
+                headers=headers or None)
         except Exception as exc:
             raise triton_error(exc, spec.triton_model, version) from None
         response = result.get_response()
@@ -124,12 +126,15 @@ class TritonStage:
 def triton_error(exc: Exception, model: str, version: str) -> ServingError:
     status = str(getattr(exc, "status", lambda: "")() or "")
     message = _first_line(exc)
+    lowered = message.lower()
+    # Checked before the status: Triton answers UNAVAILABLE for a version that is not loaded too.
+    if version and ("unknown model" in lowered or "is not found" in lowered or "not at ready state" in lowered):
+        return UnknownModel(f"model {model!r} version {version} is not served (only the current version is; "
+                            f"roll back to serve an older one): {message}")
     if "UNAVAILABLE" in status or "DEADLINE_EXCEEDED" in status or "Connect" in message:
         return UpstreamUnavailable(f"Triton is unavailable ({status or type(exc).__name__}): {message}")
-    lowered = message.lower()
     if "unknown model" in lowered or "is not found" in lowered or "not ready" in lowered:
-        what = f"{model!r} version {version}" if version else repr(model)
-        return UnknownModel(f"Triton does not serve model {what}: {message}")
+        return UnknownModel(f"Triton does not serve model {model!r}: {message}")
     if "INVALID_ARG" in status:
         return InvalidInput(f"Triton rejected the request: {message}")
     log.error("Triton call failed: %s %s", status, message)

@@ -30,6 +30,7 @@ INCOMING = f"{DATASET}/incoming/"
 ACCEPTED = f"{DATASET}/accepted/"
 REJECTED = f"{DATASET}/rejected/"
 QUARANTINED = f"{DATASET}/quarantined/"
+REQUESTS = f"{DATASET}/requests/"  # retrain requests as objects (drift, operators): same event path as data
 SUFFIXES = (".npz", ".csv")
 MAX_ROWS = 100_000
 

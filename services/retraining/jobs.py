@@ -27,7 +27,7 @@ def new_run_id() -> str:
 def job_env(settings: Settings) -> dict[str, str]:
     """RTS_* and cloud credentials the run needs, passed explicitly to the job's runtime env."""
     env = {k: v for k, v in os.environ.items()
-           if k.startswith(("RTS_", "AWS_", "GOOGLE_", "STORAGE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST"))}
+           if k.startswith(("RTS_", "AWS_", "GOOGLE_", "OTEL_", "STORAGE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST"))}
     env.update({"RTS_VAR_DIR": str(settings.var_dir), "RTS_DATA_URI": settings.data_uri,
                 "RTS_MODEL_REPOSITORY_URI": settings.model_repository_uri,
                 "RTS_TRITON_URL": settings.effective_triton_url})

@@ -26,7 +26,7 @@ import time
 from typing import Any, Callable
 
 from services.common.settings import get_settings
-from services.retraining.dataset import INCOMING, SUFFIXES
+from services.retraining.dataset import DATASET, INCOMING, REQUESTS, SUFFIXES
 from services.retraining.jobs import submit_run, wait_for_run
 from services.retraining.records import Records
 from services.storage import open_store
@@ -48,7 +48,9 @@ def triggers_retraining(event: dict) -> bool:
     if event.get("type") == OBJECT_CREATED:
         key = (event.get("data") or {}).get("key", "")
         name = key.rsplit("/", 1)[-1]
-        return INCOMING in key and key.endswith(SUFFIXES) and not name.startswith(".")
+        if name.startswith("."):
+            return False
+        return (INCOMING in key and key.endswith(SUFFIXES)) or (REQUESTS in key and key.endswith(".json"))
     return False
 
 
@@ -117,7 +119,7 @@ def make_source(args: argparse.Namespace, settings) -> Any:
         from services.events.local import LocalFolderSource
 
         store = open_store(settings.data_uri)
-        return LocalFolderSource(store.triton_repository_uri(), prefix=INCOMING)
+        return LocalFolderSource(store.triton_repository_uri(), prefix=f"{DATASET}/")
     if args.source == "sqs":
         from services.events.sqs import SqsEventSource
 

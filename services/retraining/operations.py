@@ -6,6 +6,7 @@ import time
 
 from services.common.settings import Settings
 from services.model_repository import ModelRepository
+from services.observability.tracing import current_traceparent
 from services.models.digits import train as digits
 from services.retraining import publish
 from services.retraining.jobs import submit_run, wait_for_run
@@ -33,6 +34,9 @@ def list_versions(settings: Settings) -> dict:
 def start_run(settings: Settings, reason: str, wait: bool = False) -> dict:
     event = {"id": f"manual-{time.time_ns()}", "source": "rts/operator", "type": "rts.retrain.requested",
              "subject": "digits", "time": now(), "data": {"reason": reason, "model": "digits"}}
+    traceparent = current_traceparent()
+    if traceparent:
+        event["traceparent"] = traceparent  # the run's spans join the operator's request trace
     run_id = submit_run([event], settings)
     return wait_for_run(run_id, settings) if wait else {"run_id": run_id, "outcome": "submitted"}
 

@@ -36,6 +36,8 @@ from services.retraining import dataset
 from services.retraining.gates import GateConfig, OnnxEnsemble, gates_to_json, run_gates
 from services.retraining.publish import TritonControl, load_and_verify, publish_version, switch_to
 from services.retraining.records import Records, code_version, now
+from services.observability import metrics
+from services.observability.tracing import attached_context, configure_tracing, force_flush, span
 from services.storage import open_store
 
 log = logging.getLogger("retraining")
@@ -170,6 +172,10 @@ def train_with_ray(features: np.ndarray, labels: np.ndarray, cfg: RetrainConfig,
         return pickle.loads((Path(ckpt) / "models.pkl").read_bytes())
 
 
+def models_proba(models, features: np.ndarray) -> np.ndarray:
+    return digits.ensemble_proba(models, features)
+
+
 def st_files(run: dict) -> list[str]:
     return run["stages"].get("validate", {}).get("accepted_files", [])
 
@@ -190,6 +196,7 @@ def retrain(events: list[dict], run_id: str | None = None, cfg: RetrainConfig | 
     repo = ModelRepository(open_store(settings.model_repository_uri))
     records = Records(data)
     family = digits.family()
+    started = time.perf_counter()
     run: dict = {"run_id": run_id, "started_at": now(), "events": events, "stages": {}, "outcome": "running",
                  "code_version": code_version(), "config": cfg.model_dump()}
     records.save_run(run)
@@ -199,9 +206,12 @@ def retrain(events: list[dict], run_id: str | None = None, cfg: RetrainConfig | 
         t0 = time.perf_counter()
         log.info("[%s] %s ...", run_id, name)
         try:
-            yield run["stages"].setdefault(name, {})
+            with span(f"retraining.{name}", {"rts.run_id": run_id}):
+                yield run["stages"].setdefault(name, {})
         finally:
-            run["stages"][name]["seconds"] = round(time.perf_counter() - t0, 3)
+            seconds = time.perf_counter() - t0
+            run["stages"][name]["seconds"] = round(seconds, 3)
+            metrics.record_retraining_stage(name, seconds)
             records.save_run(run)
 
     try:
@@ -231,7 +241,8 @@ def retrain(events: list[dict], run_id: str | None = None, cfg: RetrainConfig | 
             new_x, new_y = new_x[keep], new_y[keep]
             st["accepted_files"] = [r["key"] for r in reports if r["accepted"]]
             st["rejected_files"] = [r["key"] for r in reports if not r["accepted"]]
-            asked = any(e.get("type") == "rts.retrain.requested" for e in events)
+            asked = any(e.get("type") == "rts.retrain.requested"
+                        or dataset.REQUESTS in (e.get("data") or {}).get("key", "") for e in events)
             if not st["accepted_files"] and not asked:
                 run["outcome"] = "no_new_data"
                 return run
@@ -247,10 +258,11 @@ def retrain(events: list[dict], run_id: str | None = None, cfg: RetrainConfig | 
             onnx_files = digits.export_family(models)
             candidate = OnnxEnsemble(onnx_files)
             serving = repo.served_version(family)
-            results, metrics = run_gates(candidate, production_ensemble(repo, serving), split.holdout_images,
+            results, eval_metrics = run_gates(candidate, production_ensemble(repo, serving), split.holdout_images,
                                          split.holdout_labels, cfg.gates)
-            st.update(production_version=serving, gates=gates_to_json(results), metrics=metrics)
+            st.update(production_version=serving, gates=gates_to_json(results), metrics=eval_metrics)
             run["gates"] = gates_to_json(results)
+            metrics.record_gates(results)
             if not all(r.passed for r in results):
                 failed = [r.name for r in results if not r.passed]
                 run["outcome"] = "gates_failed"
@@ -276,13 +288,15 @@ def retrain(events: list[dict], run_id: str | None = None, cfg: RetrainConfig | 
         finally:
             triton.close()
         records.set_serving(version, reason="retraining run passed its gates", run_id=run_id)
+        metrics.set_served_version(family.ensemble, version)
+        digits.write_reference(settings.data_uri, version, features, models_proba(models, features))
 
         records.save_version({
             "version": version, "created_at": now(), "run_id": run_id, "code_version": run["code_version"],
             "params": {"epochs": cfg.epochs, "seed": cfg.seed, "workers": cfg.workers},
             "data": {"base": "sklearn load_digits train split (fixed seed)", "base_rows": int(len(split.train_labels)),
                      "files": files},
-            "metrics": metrics, "gates": gates_to_json(results), "events": events,
+            "metrics": eval_metrics, "gates": gates_to_json(results), "events": events,
             "timings": {k: v.get("seconds") for k, v in run["stages"].items()},
         })
         run["outcome"] = "published"
@@ -296,6 +310,7 @@ def retrain(events: list[dict], run_id: str | None = None, cfg: RetrainConfig | 
     finally:
         run["finished_at"] = now()
         records.save_run(run)
+        metrics.record_retraining_run(run["outcome"], time.perf_counter() - started)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -308,8 +323,16 @@ def main(argv: list[str] | None = None) -> int:
 
     ray.init(address="auto", log_to_driver=True)
     run_id = args.run_id or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-    with exclusive_run(run_id):  # runs see each other's moves of incoming files, never interleave
-        run = retrain(json.loads(args.events_json), run_id)
+    configure_tracing("rts-retraining")
+    metrics.configure_metrics()
+    events = json.loads(args.events_json)
+    # Continue the trace the event carried (S3 metadata, SQS/Pub/Sub attributes, drift request).
+    traceparent = next((e["traceparent"] for e in events if e.get("traceparent")), None)
+    with attached_context({"traceparent": traceparent} if traceparent else None), \
+            span("retraining.run", {"rts.run_id": run_id, "rts.events": len(events)}):
+        with exclusive_run(run_id):  # runs see each other's moves of incoming files, never interleave
+            run = retrain(events, run_id)
+    force_flush()
     print(json.dumps({k: run.get(k) for k in ("run_id", "outcome", "version", "reason")}), flush=True)
     return 0 if run["outcome"] in ("published", "gates_failed", "no_new_data") else 1
 

@@ -86,6 +86,12 @@ class RayHead:
             # runtime_env working_dir: zipping the repo is slow and can swallow the temp dir.
         })
         env.update(self.extra_env)
+        if any(k.startswith("OTEL_EXPORTER_OTLP") for k in env) and env.get("OTEL_SDK_DISABLED") != "true":
+            # Serve's own proxy/replica spans, exported with the same OTLP settings as ours.
+            env.setdefault("RAY_SERVE_TRACING_EXPORTER_IMPORT_PATH",
+                           "services.observability.tracing:serve_span_processors")
+            env.setdefault("RAY_SERVE_TRACING_SAMPLING_RATIO", "1.0")
+            env.setdefault("OTEL_SERVICE_NAME", "rts-serve")
         return env
 
     def argv(self) -> list[str]:

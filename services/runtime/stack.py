@@ -24,6 +24,7 @@ from services.model_repository import ModelRepository
 from services.models.digits import train as digits_train
 from services.runtime.processes import start_process, stop_process, wait_until
 from services.runtime.ray_cluster import RayHead
+from services.observability.tracing import triton_trace_args
 from services.runtime.triton import TritonServer
 from services.storage import open_store
 
@@ -36,7 +37,7 @@ def ensure_model_repository(settings: Settings, say: Callable[[str], None] = pri
     store = open_store(settings.model_repository_uri)
     if not ModelRepository(store).versions(digits_train.ENSEMBLE):
         say(f"no models in {settings.model_repository_uri}: training the digits ensemble (a few seconds) ...")
-        result = digits_train.build_initial_version(settings.model_repository_uri)
+        result = digits_train.build_initial_version(settings.model_repository_uri, data_uri=settings.data_uri)
         say(f"trained digits v1, holdout accuracy {result['holdout_accuracy']['ensemble']:.3f}")
     return store.triton_repository_uri()
 
@@ -106,7 +107,8 @@ class Stack:
         else:
             self.say(f"[1/3] starting tritonserver on :{self.settings.triton_http_port} (HTTP) "
                      f"and :{self.settings.triton_grpc_port} (gRPC) ...")
-            self.triton = TritonServer(repository, self.settings, work_dir=self.work_dir / "triton").start()
+            self.triton = TritonServer(repository, self.settings, work_dir=self.work_dir / "triton",
+                                       extra_args=tuple(triton_trace_args())).start()
             self.say(f"      Triton ready ({time.monotonic() - t0:.1f}s); log: {self.triton.log_file}")
         self.say(f"[2/3] starting a Ray head (dashboard :{self.settings.ray_dashboard_port}) ...")
         self.ray = RayHead(self.settings, log_file=self.work_dir / "ray-head.log", env=settings_env(self.settings),

@@ -13,12 +13,28 @@ import httpx
 import pytest
 
 from services.common.settings import Settings
+from services.observability.otlp_receiver import OtlpReceiver
 from services.runtime.ray_cluster import free_port
 from services.runtime.stack import Stack
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory) -> Stack:
+def otlp():
+    """An OTLP/HTTP receiver; the stack's processes (replicas, Triton, jobs) export their spans to it."""
+    keys = {"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_BSP_SCHEDULE_DELAY"}
+    saved = {k: os.environ.get(k) for k in keys}
+    with OtlpReceiver() as receiver:
+        os.environ.update({"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+                           "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_BSP_SCHEDULE_DELAY": "200"})
+        try:
+            yield receiver
+        finally:
+            for k, v in saved.items():
+                os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory, otlp) -> Stack:
     var_dir = tmp_path_factory.mktemp("var")
     settings = Settings(
         var_dir=var_dir,

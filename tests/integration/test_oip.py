@@ -44,7 +44,8 @@ def test_infer_image_files_as_bytes_tensor(client):
     inp = httpclient.InferInput("image", [len(images)], "BYTES")
     inp.set_data_from_numpy(np.array([d.data for d in images], dtype=object))
     out = httpclient.InferRequestedOutput("label")
-    result = client.infer("digits", [inp], outputs=[out], model_version="1")
+    served = client.infer("digits", [inp]).get_response()["model_version"]
+    result = client.infer("digits", [inp], outputs=[out], model_version=served)
     assert (result.as_numpy("label") == [d.label for d in images]).mean() >= 0.9
     assert result.as_numpy("probabilities") is None  # only what was asked for
 
@@ -60,5 +61,6 @@ def test_errors_surface_as_client_exceptions(client):
     y = np.zeros((1, 8, 8), dtype=np.float32)
     inp = httpclient.InferInput("pixels", list(y.shape), "FP32")
     inp.set_data_from_numpy(y)
-    with pytest.raises(InferenceServerException, match="version 99"):
+    with pytest.raises(InferenceServerException, match="version 99 is not served") as err:
         client.infer("digits", [inp], model_version="99")
+    assert err.value.status() == "404"

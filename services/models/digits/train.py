@@ -159,7 +159,18 @@ def family():
     return ModelFamily(ensemble=ENSEMBLE, members=(*MEMBERS, COMBINER))
 
 
-def build_initial_version(repository_uri: str, params: TrainParams = TrainParams()) -> dict:
+def write_reference(data_uri: str, version: int, features: np.ndarray, probabilities: np.ndarray) -> None:
+    """Drift reference of a version: statistics of its training inputs and outputs (services/observability/drift.py)."""
+    from services.observability.drift import ReferenceStats
+    from services.pipeline.drift_watch import reference_key
+    from services.storage import open_store
+
+    stats = ReferenceStats.from_training(features, probabilities, meta={"version": version})
+    open_store(data_uri).put_bytes(reference_key(ENSEMBLE, version), stats.to_json().encode())
+
+
+def build_initial_version(repository_uri: str, params: TrainParams = TrainParams(),
+                          data_uri: str | None = None) -> dict:
     """Train on the base split and publish version 1, pinned, into an empty repository."""
     from services.model_repository import ModelRepository
     from services.storage import open_store
@@ -177,6 +188,8 @@ def build_initial_version(repository_uri: str, params: TrainParams = TrainParams
         repo.write_version(name, 1, {"model.onnx": data})
     repo.write_ensemble_version(ENSEMBLE, 1)
     repo.pin_ensemble(family(), 1)
+    if data_uri:
+        write_reference(data_uri, 1, train_x, ensemble_proba(models, train_x))
     return {"version": 1, "holdout_accuracy": accuracy, "train_size": len(train_x),
             "seconds": round(time.perf_counter() - started, 2)}
 
@@ -196,7 +209,7 @@ def main() -> None:
         print(f"{uri} already has a {ENSEMBLE} version")
         return
     print(f"training the digits ensemble into {uri} ...", flush=True)
-    print(json.dumps(build_initial_version(uri), indent=2))
+    print(json.dumps(build_initial_version(uri, data_uri=get_settings().data_uri), indent=2))
 
 
 if __name__ == "__main__":
