@@ -1,0 +1,53 @@
+"""The event-driven loop on the local default: a data file lands in incoming/ -> the listener
+(started by `make up` in real use) submits a run -> a new version serves. The file arrives while
+the listener is down, so this also shows a stopped listener loses nothing."""
+
+from __future__ import annotations
+
+import io
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from services.models.digits.train import load_split
+from services.runtime.processes import start_process, stop_process
+
+pytestmark = pytest.mark.integration
+
+
+def test_file_in_incoming_becomes_a_served_version(stack, gateway, tmp_path):
+    split = load_split()
+    bucket = Path(stack.settings.data_uri.removeprefix("file://"))
+    incoming = bucket / "datasets/digits/incoming"
+    incoming.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    np.savez(buf, images=np.clip(split.train_images[:300] * 0.9, 0, 16), labels=split.train_labels[:300])
+    (incoming / "fainter.npz").write_bytes(buf.getvalue())  # lands while no listener runs
+
+    token = stack.settings.admin_token.get_secret_value()
+    admin = httpx.Client(base_url=stack.gateway_url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    before = admin.get("/admin/models").json()["serving"]
+    listener = start_process([sys.executable, "-m", "services.retraining.listener", "--source", "local",
+                              "--debounce", "1"], env={**__import__("os").environ, **stack.job_env()},
+                             log_file=tmp_path / "listener.log")
+    try:
+        deadline = time.monotonic() + 180
+        serving = before
+        while time.monotonic() < deadline and serving == before:
+            time.sleep(2)
+            assert listener.poll() is None, (tmp_path / "listener.log").read_text()[-2000:]
+            serving = admin.get("/admin/models").json()["serving"]
+        assert serving != before, (tmp_path / "listener.log").read_text()[-3000:]
+    finally:
+        stop_process(listener)
+    models = admin.get("/admin/models").json()
+    lineage = next(v for v in models["versions"] if v["version"] == serving)["lineage"]
+    event = lineage["events"][0]
+    assert event["type"] == "rts.object.created" and event["data"]["key"].endswith("incoming/fainter.npz")
+    assert (bucket / "datasets/digits/accepted/fainter.npz").exists()
+    body = {"instances": [{"pixels": split.holdout_images[0].tolist()}]}
+    assert gateway.post("/v1/predict", json=body).json()["model"]["version"] == str(serving)
