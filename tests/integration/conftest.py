@@ -16,6 +16,8 @@ from services.common.settings import Settings
 from services.observability.otlp_receiver import OtlpReceiver
 from services.runtime.ray_cluster import free_port
 from services.runtime.stack import Stack
+# Real S3/SQS, GCS and Pub/Sub servers for the cloud event paths (imported: pytest_plugins is root-only).
+from tests.servers.fixtures import fake_gcs, moto_server, pubsub_emulator  # noqa: F401
 
 
 @pytest.fixture(scope="session")
