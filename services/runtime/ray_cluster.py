@@ -85,6 +85,8 @@ class RayHead:
             # Workers import services/ and ray_apps/ from the venv (pip install -e .), not from a
             # runtime_env working_dir: zipping the repo is slow and can swallow the temp dir.
         })
+        # Job entrypoints say `python ...`: it must be this venv's, activated or not.
+        env["PATH"] = os.pathsep.join(p for p in (str(Path(sys.executable).parent), env.get("PATH")) if p)
         env.update(self.extra_env)
         if any(k.startswith("OTEL_EXPORTER_OTLP") for k in env) and env.get("OTEL_SDK_DISABLED") != "true":
             # Serve's own proxy/replica spans, exported with the same OTLP settings as ours.

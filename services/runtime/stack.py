@@ -21,6 +21,7 @@ from pydantic import SecretStr
 
 from services.common.settings import Settings
 from services.model_repository import ModelRepository
+from services.retraining.dataset import INCOMING
 from services.models.digits import train as digits_train
 from services.runtime.processes import start_process, stop_process, wait_until
 from services.runtime.ray_cluster import RayHead
@@ -120,11 +121,15 @@ class Stack:
         self.ray.serve_deploy(rendered)
         wait_until(self.healthy, timeout_s=120, what="gateway /healthz", interval_s=0.5)
         self.say(f"      serving ({time.monotonic() - t0:.1f}s)")
+        if self.settings.data_uri.startswith("file://"):
+            # The folder users copy new data into exists from the start.
+            incoming = Path(open_store(self.settings.data_uri).triton_repository_uri(INCOMING))
+            incoming.mkdir(parents=True, exist_ok=True)
         if self.settings.retraining_listener:
             self.listener = start_process(
                 [sys.executable, "-m", "services.retraining.listener", "--source", "local"],
                 env={**os.environ, **self.job_env()}, log_file=self.work_dir / "listener.log")
-            self.say(f"      retraining listener watching {self.settings.data_uri}/datasets/digits/incoming/ "
+            self.say(f"      retraining listener watching {self.settings.data_uri}/{INCOMING} "
                      f"(log: {self.work_dir / 'listener.log'})")
 
     def job_env(self) -> dict[str, str]:
