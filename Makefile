@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha1sum | cut -c1-12)
 
-.PHONY: venv models up test test-unit test-integration bench clean
+.PHONY: venv models up test test-unit test-integration bench loadtest clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
@@ -34,6 +34,10 @@ test-integration: venv
 bench: venv  ## Triton direct vs the gateway at concurrency 1/8/32 -> loadtests/results/
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(PY) -m loadtests.bench
+
+PROFILE ?= ramp
+loadtest: venv  ## Locust profile (ci|ramp|spike|soak) headless against a running `make up` -> loadtests/results/
+	$(PY) -m loadtests.run --profile $(PROFILE) --host http://127.0.0.1:8000 --dashboard http://127.0.0.1:8265
 
 clean:
 	rm -rf var loadtests/results
