@@ -5,7 +5,7 @@ Web UI: ``locust -f loadtests/locustfile.py --host http://127.0.0.1:8000`` (``--
 picks a shape; without the shape class, ``--class-picker`` lets you drive users by hand instead).
 
 Traffic: single images and batches of 2-8 (multipart), JSON pixel grids, images of several sizes
-and formats (PNG/JPEG/BMP, 8-256 px, both polarities), and about 5% bad requests (not an image,
+and formats (PNG/JPEG/BMP, 8-256 px, both polarities), and about 9% bad requests (not an image,
 wrong pixel shape) that count as successes only when they get their 4xx.
 """
 
