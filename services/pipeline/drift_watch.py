@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
+import time
 from typing import Any
 
 import numpy as np
@@ -28,11 +30,17 @@ def reference_key(model: str, version: int | str) -> str:
 
 
 class DriftWatch:
-    def __init__(self, data_uri: str, *, window: int = 500, cooldown_s: float = 600.0, check_every: int = 100) -> None:
+    def __init__(self, data_uri: str, *, window: int = 500, cooldown_s: float = 600.0, check_every: int = 250,
+                 retry_missing_s: float = 60.0) -> None:
         self.data_uri = data_uri
         self.window, self.cooldown_s, self.check_every = window, cooldown_s, check_every
         self.triggers: dict[str, tuple[str, DriftTrigger]] = {}
         self._loading: set[tuple[str, str]] = set()
+        self._missing: dict[tuple[str, str], float] = {}  # no reference yet: do not look again before then
+        self.retry_missing_s = retry_missing_s
+        self._rows = 0
+        self._checking = False
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="drift-check")
         self._lock = threading.Lock()
         self._store = None
 
@@ -49,7 +57,25 @@ class DriftWatch:
         if current is None or current[0] != version:
             self._load_async(model, version)
             return
-        current[1].observe(features, scores)
+        trigger = current[1]
+        added = trigger.monitor.observe(features, scores)
+        with self._lock:
+            self._rows += added
+            due = self._rows >= self.check_every and not self._checking
+            if due:
+                self._rows, self._checking = 0, True
+        if due:
+            # The check (PSI, KS, ~10 ms) runs off the event loop so requests never wait for it.
+            self._executor.submit(self._check, trigger)
+
+    def _check(self, trigger: DriftTrigger) -> None:
+        try:
+            trigger.check()
+        except Exception:
+            log.exception("drift check failed")
+        finally:
+            with self._lock:
+                self._checking = False
 
     def report(self, model: str) -> dict[str, Any] | None:
         current = self.triggers.get(model)
@@ -59,7 +85,7 @@ class DriftWatch:
 
     def _load_async(self, model: str, version: str) -> None:
         with self._lock:
-            if (model, version) in self._loading:
+            if (model, version) in self._loading or self._missing.get((model, version), 0) > time.monotonic():
                 return
             self._loading.add((model, version))
         threading.Thread(target=self._load, args=(model, version), daemon=True).start()
@@ -69,6 +95,7 @@ class DriftWatch:
             key = reference_key(model, version)
             if not self.store.exists(key):
                 log.warning("no drift reference %s; drift is not watched for this version", key)
+                self._missing[(model, version)] = time.monotonic() + self.retry_missing_s
                 return
             reference = ReferenceStats.from_json(self.store.get_bytes(key))
             trigger = DriftTrigger(DriftMonitor(reference, self.window), model,
