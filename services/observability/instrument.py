@@ -28,11 +28,12 @@ import contextlib
 import time
 from typing import Any, Iterator
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from services.observability import metrics
-from services.observability.tracing import extract_context, get_tracer
+from services.observability.tracing import extract_context, get_tracer, spans_recorded
 
 INGRESS_SPAN = "ingress"
 
@@ -40,6 +41,10 @@ INGRESS_SPAN = "ingress"
 @contextlib.contextmanager
 def stage(name: str, model: str, **attributes: Any) -> Iterator[trace.Span]:
     """Span ``name`` (child of the current one) and ``rts_stage_seconds{stage=name, model}`` for the block."""
+    if not spans_recorded():  # tracing off: the timer only, no span object
+        with metrics.stage_timer(name, model):
+            yield trace.INVALID_SPAN
+        return
     attrs = {"rts.model": model, **{f"rts.{k}": v for k, v in attributes.items() if v is not None}}
     with get_tracer().start_as_current_span(name, attributes=attrs) as current:
         with metrics.stage_timer(name, model):
@@ -56,35 +61,56 @@ class ObservabilityMiddleware:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or scope.get("path") in self.exclude_paths:
             return await self.app(scope, receive, send)
-        state = scope.setdefault("state", {})
+        if spans_recorded():
+            return await self._traced(scope, receive, send)
+        # Tracing off: no spans. A caller's traceparent is still passed on (to Triton, and back as
+        # X-Trace-Id), so a traced client keeps one trace id even through an untraced gateway.
+        carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers") or ()
+                   if k in (b"traceparent", b"tracestate")}
+        token, trace_id = None, 0
+        if carrier:
+            ctx = extract_context(carrier)
+            span_context = trace.get_current_span(ctx).get_span_context()
+            if span_context.is_valid:
+                token, trace_id = otel_context.attach(ctx), span_context.trace_id
+        try:
+            await self._handle(scope, receive, send, trace.INVALID_SPAN, trace_id)
+        finally:
+            if token is not None:
+                otel_context.detach(token)
+
+    async def _traced(self, scope, receive, send) -> None:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers") or []}
         current = trace.get_current_span().get_span_context()
         # Serve's tracing (when on) already made its replica span current: stay under it.
         parent = None if current.is_valid else extract_context(headers)
-        method = scope.get("method", "")
-        started = time.perf_counter()
-        status_holder = {"status": 500}
-        tracer = get_tracer()
-        with tracer.start_as_current_span(INGRESS_SPAN, context=parent, kind=SpanKind.SERVER,
-                                          record_exception=True, set_status_on_exception=True) as span:
-            trace_id = span.get_span_context().trace_id
+        with get_tracer().start_as_current_span(INGRESS_SPAN, context=parent, kind=SpanKind.SERVER,
+                                                record_exception=True, set_status_on_exception=True) as span:
             if span.is_recording():
-                span.set_attributes({"http.request.method": method, "url.path": scope.get("path", "")})
+                span.set_attributes({"http.request.method": scope.get("method", ""),
+                                     "url.path": scope.get("path", "")})
                 if "x-request-id" in headers:
                     span.set_attribute("rts.request_id", headers["x-request-id"])
+            await self._handle(scope, receive, send, span, span.get_span_context().trace_id)
 
-            async def send_wrapper(message) -> None:
-                if message["type"] == "http.response.start":
-                    status_holder["status"] = message["status"]
-                    if trace_id:
-                        message.setdefault("headers", [])
-                        message["headers"] = [*message["headers"], (b"x-trace-id", format(trace_id, "032x").encode())]
-                await send(message)
+    async def _handle(self, scope, receive, send, span: trace.Span, trace_id: int) -> None:
+        state = scope.setdefault("state", {})
+        started = time.perf_counter()
+        status_holder = {"status": 500}
 
-            try:
-                await self.app(scope, receive, send_wrapper)
-            finally:
-                self._finish(scope, state, span, method, status_holder["status"], time.perf_counter() - started)
+        async def send_wrapper(message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder["status"] = message["status"]
+                if trace_id:
+                    message["headers"] = [*message.get("headers", ()),
+                                          (b"x-trace-id", format(trace_id, "032x").encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            self._finish(scope, state, span, scope.get("method", ""), status_holder["status"],
+                         time.perf_counter() - started)
 
     @staticmethod
     def _finish(scope, state: dict, span: trace.Span, method: str, status: int, seconds: float) -> None:

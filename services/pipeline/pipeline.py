@@ -62,6 +62,7 @@ class InferencePipeline:
     def __init__(self, preprocess: Stage, triton: Stage, postprocess: Stage, drift: Any = None) -> None:
         self.preprocess, self.triton, self.postprocess = preprocess, triton, postprocess
         self.drift = drift  # services.pipeline.drift_watch.DriftWatch, or None
+        self._served: dict[str, str] = {}  # last version reported to rts_served_version, per model
 
     async def predict(self, model: str, items: Sequence[Item], top_k: int, version: str = "") -> Prediction:
         with stage("preprocess", model, batch_size=len(items)):
@@ -72,7 +73,9 @@ class InferencePipeline:
             span.set_attribute("rts.model_version", str(result["version"]))
         with stage("postprocess", model):
             predictions = await self.postprocess.call("run", model, result["scores"], top_k)
-        metrics.set_served_version(model, result["version"])
+        if self._served.get(model) != result["version"]:  # a gauge: set it when it changes, not per request
+            self._served[model] = result["version"]
+            metrics.set_served_version(model, result["version"])
         if self.drift is not None:
             self.drift.observe(model, result["version"], features, result["scores"])
         return Prediction(model=result["model"], version=result["version"], scores=result["scores"],
