@@ -31,9 +31,10 @@ test-unit: venv
 test-integration: venv
 	$(PY) -m pytest -ra tests/integration
 
-bench: venv  ## Triton direct vs the gateway at concurrency 1/8/32 -> loadtests/results/
+bench: venv  ## Triton direct vs the gateway at concurrency 1/8/32, then tracing off/on in-process -> loadtests/results/
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(PY) -m loadtests.bench
+	$(PY) -m loadtests.bench_tracing
 
 PROFILE ?= ramp
 loadtest: venv  ## Locust profile (ci|ramp|spike|soak) headless against a running `make up` -> loadtests/results/

@@ -13,8 +13,18 @@ does) for a warm-up and a measured interval. Targets:
 - ``gateway-composed``: POST /v1/predict with the PNG, through Preprocess -> TritonEnsemble ->
   Postprocess deployments;
 - ``gateway-fused``: the same request, all stages inside the ingress replica;
+- ``gateway-fused-traced``: the fused layout redeployed with tracing on (OTLP/HTTP to a receiver in
+  this process, every request sampled): what tracing costs, next to the same layout with it off;
 - ``fastapi-onnxruntime``: what many users would write instead: one uvicorn process with the same
   preprocessing, the same ONNX files run by onnxruntime in-process, the same postprocessing.
+
+Besides latency and throughput, each point reports the server side's CPU time per request (all
+processes of the system under test: tritonserver, and for the gateway every process of the Ray
+cluster; psutil): on a shared 2-core machine this moves far less with outside noise than req/s.
+
+The stack runs without the retraining listener: one digit sent thousands of times is drifted
+traffic by definition, and the drift watch would (rightly) request a retraining run that then
+competes with the measurement for the same two cores.
 
 Writes ``loadtests/results/bench-<time>/`` with ``results.json``, ``results.md`` and ``bench.png``.
 """
@@ -32,6 +42,8 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import psutil
 
 from services.common.settings import REPO_ROOT, Settings
 from services.models.digits.preprocess import DigitsPreprocess
@@ -63,6 +75,28 @@ class Measurement:
     p99_ms: float
     requests: int
     errors: int
+    server_cpu_ms_per_req: float | None = None
+
+
+class CpuMeter:
+    """CPU seconds (user + system) used so far by some processes and all their descendants."""
+
+    def __init__(self, *pids: int) -> None:
+        self.roots = [psutil.Process(pid) for pid in pids]
+
+    def total(self) -> float:
+        seen, used = set(), 0.0
+        for root in self.roots:
+            for proc in [root, *root.children(recursive=True)]:
+                if proc.pid in seen:
+                    continue
+                seen.add(proc.pid)
+                try:
+                    t = proc.cpu_times()
+                    used += t.user + t.system
+                except psutil.Error:  # exited between listing and reading
+                    pass
+        return used
 
 
 def make_bodies(out: Path) -> dict[str, tuple[Path, str]]:
@@ -86,7 +120,8 @@ def make_bodies(out: Path) -> dict[str, tuple[Path, str]]:
     return files
 
 
-def run_wrk(target: Target, concurrency: int, duration_s: int, warmup_s: int) -> Measurement:
+def run_wrk(target: Target, concurrency: int, duration_s: int, warmup_s: int,
+            cpu: CpuMeter | None = None) -> Measurement:
     def wrk(seconds: int) -> dict:
         cmd = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "10s", "-s", str(LUA), target.url,
                "--", str(target.body_file), target.content_type]
@@ -98,21 +133,32 @@ def run_wrk(target: Target, concurrency: int, duration_s: int, warmup_s: int) ->
 
     if warmup_s:
         wrk(warmup_s)
+    cpu_before = cpu.total() if cpu else 0.0
     r = wrk(duration_s)
+    cpu_ms = (cpu.total() - cpu_before) * 1000 / max(1, r["requests"]) if cpu else None
     return Measurement(target.name, concurrency, rps=r["requests"] / (r["duration_us"] / 1e6),
                        p50_ms=r["p50_us"] / 1000, p90_ms=r["p90_us"] / 1000, p99_ms=r["p99_us"] / 1000,
-                       requests=r["requests"], errors=r["socket_errors"] + r["non_2xx"])
+                       requests=r["requests"], errors=r["socket_errors"] + r["non_2xx"],
+                       server_cpu_ms_per_req=cpu_ms)
+
+
+def report(m: Measurement) -> Measurement:
+    cpu = f"  server CPU {m.server_cpu_ms_per_req:5.2f} ms/req" if m.server_cpu_ms_per_req is not None else ""
+    print(f"[bench] {m.target:20s} c={m.concurrency:<3d} p50 {m.p50_ms:7.2f} ms  p99 {m.p99_ms:7.2f} ms  "
+          f"{m.rps:8.0f} req/s  errors {m.errors}{cpu}", flush=True)
+    return m
 
 
 def to_markdown(results: list[Measurement], floor: str = "triton-direct") -> str:
     base = {(m.concurrency): m for m in results if m.target == floor}
-    lines = ["| target | concurrency | p50 ms | p99 ms | req/s | p50 - floor ms | req/s vs floor | errors |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| target | concurrency | p50 ms | p99 ms | req/s | p50 - floor ms | req/s vs floor | server CPU ms/req "
+             "| errors |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for m in results:
         b = base.get(m.concurrency)
         extra = f"{m.p50_ms - b.p50_ms:+.2f} | {m.rps / b.rps:.2f}x" if b else "- | -"
+        cpu = f"{m.server_cpu_ms_per_req:.2f}" if m.server_cpu_ms_per_req is not None else "-"
         lines.append(f"| {m.target} | {m.concurrency} | {m.p50_ms:.2f} | {m.p99_ms:.2f} | {m.rps:.0f} | "
-                     f"{extra} | {m.errors} |")
+                     f"{extra} | {cpu} | {m.errors} |")
     return "\n".join(lines) + "\n"
 
 
@@ -152,13 +198,8 @@ def bench_baseline(stack: Stack, args, bodies, out: Path) -> list[Measurement]:
         wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/docs").status_code == 200, timeout_s=60,
                    what="baseline server", proc=proc, log_file=out / "baseline-server.log")
         target = Target("fastapi-onnxruntime", f"http://127.0.0.1:{port}/v1/predict", *bodies["gateway"])
-        measured = []
-        for c in args.concurrency:
-            m = run_wrk(target, c, args.duration, args.warmup)
-            print(f"[bench] {m.target:18s} c={c:<3d} p50 {m.p50_ms:7.2f} ms  p99 {m.p99_ms:7.2f} ms  "
-                  f"{m.rps:8.0f} req/s  errors {m.errors}", flush=True)
-            measured.append(m)
-        return measured
+        cpu = CpuMeter(proc.pid)
+        return [report(run_wrk(target, c, args.duration, args.warmup, cpu)) for c in args.concurrency]
     finally:
         stop_process(proc)
 
@@ -169,6 +210,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--duration", type=int, default=8, help="measured seconds per point")
     parser.add_argument("--warmup", type=int, default=2, help="warm-up seconds per point")
     parser.add_argument("--layouts", nargs="+", default=["composed", "fused"], choices=["composed", "fused"])
+    parser.add_argument("--no-tracing", action="store_true", help="skip the fused layout with tracing on")
     parser.add_argument("--no-baseline", action="store_true", help="skip the FastAPI + onnxruntime server")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -181,28 +223,56 @@ def main(argv: list[str] | None = None) -> Path:
     settings = Settings(
         var_dir=var_dir, triton_http_port=free_port(), triton_grpc_port=free_port(),
         triton_metrics_port=free_port(), ray_gcs_port=free_port(), ray_dashboard_port=free_port(),
-        serve_http_port=free_port(), ray_temp_dir=Path(f"/tmp/rts-bench-{os.getpid()}"))
+        serve_http_port=free_port(), ray_temp_dir=Path(f"/tmp/rts-bench-{os.getpid()}"),
+        retraining_listener=False)  # see the module docstring
     results: list[Measurement] = []
     config_for = {"composed": CONFIGS / "inference.yaml", "fused": CONFIGS / "inference-fused.yaml"}
     with Stack(settings, config_for[args.layouts[0]], say=lambda m: print(f"[stack] {m}", flush=True)) as stack:
         triton = Target("triton-direct", f"{stack.triton.http_url}/v2/models/digits/infer", *bodies["triton"])
+        triton_cpu = CpuMeter(stack.triton.proc.pid)
+        system_cpu = CpuMeter(stack.triton.proc.pid, stack.ray.proc.pid)
+
+        def deploy(layout: str, env_vars: dict[str, str] | None = None, suffix: str = "") -> None:
+            rendered = render_serve_config(config_for[layout], out / f"serve-{layout}{suffix}.yaml",
+                                           http_port=settings.serve_http_port, triton_url=stack.triton_url,
+                                           env_vars=env_vars)
+            print(f"[bench] deploying the {layout} layout{suffix} ...", flush=True)
+            stack.ray.serve_deploy(rendered)
+            wanted = (env_vars or {})
+
+            def rolled_out() -> bool:  # the new config is live and no old replica is still around
+                app = stack.ray.serve_status()["applications"]["inference"]
+                live_env = ((app.get("deployed_app_config") or {}).get("runtime_env") or {}).get("env_vars") or {}
+                settled = all(len(d["replicas"]) == d["target_num_replicas"]
+                              and all(r["state"] == "RUNNING" for r in d["replicas"])
+                              for d in app["deployments"].values())
+                return (app["status"] == "RUNNING" and all(live_env.get(k) == v for k, v in wanted.items())
+                        and settled and stack.healthy())
+
+            wait_until(rolled_out, timeout_s=120, what=f"the {layout} layout{suffix}", interval_s=0.5)
+
+        def measure_gateway(name: str, c: int) -> None:
+            gateway = Target(name, f"{stack.gateway_url}/v1/predict", *bodies["gateway"])
+            results.append(report(run_wrk(gateway, c, args.duration, args.warmup, system_cpu)))
+
         for layout in args.layouts:
             if layout != args.layouts[0]:
-                rendered = render_serve_config(config_for[layout], out / f"serve-{layout}.yaml",
-                                               http_port=settings.serve_http_port, triton_url=stack.triton_url)
-                print(f"[bench] deploying the {layout} layout ...", flush=True)
-                stack.ray.serve_deploy(rendered)
-                stack_ready = time.monotonic() + 60
-                while not stack.healthy() and time.monotonic() < stack_ready:
-                    time.sleep(0.5)
-            gateway = Target(f"gateway-{layout}", f"{stack.gateway_url}/v1/predict", *bodies["gateway"])
+                deploy(layout)
             for c in args.concurrency:
                 # Measure the floor next to each gateway point so both see the same machine state.
-                for target in ([triton] if layout == args.layouts[0] else []) + [gateway]:
-                    m = run_wrk(target, c, args.duration, args.warmup)
-                    print(f"[bench] {m.target:18s} c={c:<3d} p50 {m.p50_ms:7.2f} ms  p99 {m.p99_ms:7.2f} ms  "
-                          f"{m.rps:8.0f} req/s  errors {m.errors}", flush=True)
-                    results.append(m)
+                if layout == args.layouts[0]:
+                    results.append(report(run_wrk(triton, c, args.duration, args.warmup, triton_cpu)))
+                measure_gateway(f"gateway-{layout}", c)
+        if not args.no_tracing and "fused" in args.layouts:
+            from services.observability.otlp_receiver import OtlpReceiver
+
+            with OtlpReceiver() as receiver:
+                deploy("fused", {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+                                 "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                                 "OTEL_TRACES_SAMPLER": "parentbased_always_on"}, suffix="-traced")
+                for c in args.concurrency:
+                    measure_gateway("gateway-fused-traced", c)
+                print(f"[bench] the receiver got {len(receiver.spans())} spans", flush=True)
         if not args.no_baseline:
             results += bench_baseline(stack, args, bodies, out)
     results.sort(key=lambda m: (m.concurrency, m.target != "triton-direct", m.target))

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any, Iterator
+from typing import Any, ContextManager, Iterator
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -38,13 +38,34 @@ from services.observability.tracing import extract_context, get_tracer, spans_re
 INGRESS_SPAN = "ingress"
 
 
+def stage(name: str, model: str, **attributes: Any) -> ContextManager[trace.Span]:
+    """Span ``name`` (child of the current one) and ``rts_stage_seconds{stage=name, model}`` for the block.
+
+    With tracing off it is only the timer (no span object) and yields ``trace.INVALID_SPAN``.
+    """
+    if not spans_recorded():
+        return TimedStage(name, model)
+    return _traced_stage(name, model, attributes)
+
+
+class TimedStage:
+    """``rts_stage_seconds{stage, model}`` for a block; a class, not a generator: it runs per stage."""
+
+    __slots__ = ("name", "model", "started")
+
+    def __init__(self, name: str, model: str) -> None:
+        self.name, self.model = name, model
+
+    def __enter__(self) -> trace.Span:
+        self.started = time.perf_counter()
+        return trace.INVALID_SPAN
+
+    def __exit__(self, *exc) -> None:
+        metrics.observe_stage(self.name, self.model, time.perf_counter() - self.started)
+
+
 @contextlib.contextmanager
-def stage(name: str, model: str, **attributes: Any) -> Iterator[trace.Span]:
-    """Span ``name`` (child of the current one) and ``rts_stage_seconds{stage=name, model}`` for the block."""
-    if not spans_recorded():  # tracing off: the timer only, no span object
-        with metrics.stage_timer(name, model):
-            yield trace.INVALID_SPAN
-        return
+def _traced_stage(name: str, model: str, attributes: dict[str, Any]) -> Iterator[trace.Span]:
     attrs = {"rts.model": model, **{f"rts.{k}": v for k, v in attributes.items() if v is not None}}
     with get_tracer().start_as_current_span(name, attributes=attrs) as current:
         with metrics.stage_timer(name, model):

@@ -43,13 +43,19 @@ def ensure_model_repository(settings: Settings, say: Callable[[str], None] = pri
     return store.triton_repository_uri()
 
 
-def render_serve_config(source: Path, target: Path, *, http_port: int, triton_url: str) -> Path:
-    """Copy a Serve config with this stack's HTTP port and Triton address filled in."""
+def render_serve_config(source: Path, target: Path, *, http_port: int, triton_url: str,
+                        env_vars: dict[str, str] | None = None) -> Path:
+    """Copy a Serve config with this stack's HTTP port and Triton address filled in.
+
+    ``env_vars`` go into each application's ``runtime_env`` (e.g. OTEL_* to trace one deployment).
+    """
     config = yaml.safe_load(source.read_text())
     config.setdefault("http_options", {})["port"] = http_port
     config["http_options"]["host"] = "127.0.0.1"
     for app in config.get("applications", []):
         app.setdefault("args", {}).setdefault("triton_url", triton_url)
+        if env_vars:
+            app.setdefault("runtime_env", {}).setdefault("env_vars", {}).update(env_vars)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(yaml.safe_dump(config, sort_keys=False))
     return target

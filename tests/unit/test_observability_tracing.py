@@ -225,3 +225,26 @@ def test_with_fastapi_native_tracing_left_on_ingress_is_its_child(memory_spans):
     server = spans["POST /v1/models/{model}/predict"]
     assert spans["ingress"].parent.span_id == server.context.span_id
     assert {format(s.context.trace_id, "032x") for s in spans.values()} == {"0af7651916cd43dd8448eb211c80319c"}
+
+
+
+def test_stage_times_without_a_span_when_off_and_makes_one_when_a_provider_appears():
+    from services.observability.instrument import stage
+
+    metrics.reset_metrics("prometheus")
+    labels = {"stage": "preprocess", "model": "digits"}
+    assert not tracing.spans_recorded()
+    with stage("preprocess", "digits", batch_size=1) as s:
+        assert not s.is_recording()
+    assert metrics.sample_value("rts_stage_seconds_count", labels) == 1
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)  # e.g. Serve's tracing, installed after our first request
+    assert tracing.spans_recorded()
+    with stage("preprocess", "digits", batch_size=1) as s:
+        assert s.is_recording()
+    spans = exporter.get_finished_spans()
+    assert [x.name for x in spans] == ["preprocess"] and spans[0].attributes["rts.batch_size"] == 1
+    assert metrics.sample_value("rts_stage_seconds_count", labels) == 2
