@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha1sum | cut -c1-12)
 
-.PHONY: venv models up test test-unit test-integration bench loadtest clean
+.PHONY: venv tools models up test test-unit test-integration bench loadtest clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
@@ -16,19 +16,26 @@ $(STAMP): pyproject.toml requirements.lock
 
 venv: $(STAMP)
 
+# Debian packages the tests use when present: Prometheus (to scrape the stack with the shipped config).
+tools:
+	@command -v prometheus >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& { echo "installing Debian's prometheus for its scrape test ..."; \
+		     (apt-get install -y -qq prometheus || { apt-get update -qq && apt-get install -y -qq prometheus; }) >/dev/null; } \
+		|| echo "prometheus not installed (needs root and apt): its scrape test will be skipped"; }
+
 models: venv  ## train the bundled digits models into var/model_repository if missing
 	$(PY) -m services.models.digits.train --if-missing
 
 up: models  ## Triton + Ray (dashboard :8265) + Serve gateway (:8000); Ctrl-C stops all of it
 	$(VENV)/bin/rts up
 
-test: venv  ## the whole suite: unit tests, then the real Triton + Ray Serve stack
+test: venv tools  ## the whole suite: unit tests, then the real Triton + Ray Serve stack
 	$(PY) -m pytest -ra
 
 test-unit: venv
 	$(PY) -m pytest -ra tests/unit
 
-test-integration: venv
+test-integration: venv tools
 	$(PY) -m pytest -ra tests/integration
 
 bench: venv  ## Triton direct vs the gateway at concurrency 1/8/32, then tracing off/on in-process -> loadtests/results/
