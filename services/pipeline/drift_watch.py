@@ -91,6 +91,9 @@ class DriftWatch:
             try:
                 for trigger, added in self._ingest().items():
                     since_check[trigger] = since_check.get(trigger, 0) + added
+                current = {t for _, t in self.triggers.values()}
+                for stale in [t for t in since_check if t not in current]:  # a version that stopped serving
+                    del since_check[stale]
                 if time.monotonic() - last_check < self.min_check_interval_s:
                     continue
                 due = [t for t, n in since_check.items() if n >= self.check_every]

@@ -85,3 +85,22 @@ def test_bad_shapes_are_counted_not_fatal(world, tmp_path):
     watch.observe("digits", "1", normal, ensemble_proba(models, normal))
     report = wait_for(lambda: (r := watch.report("digits"))["samples"] == 8 and r)
     assert report["schema_violations"]["wrong_shape"] == 8
+
+
+def test_a_new_version_gets_its_own_reference_and_a_fresh_window(world, tmp_path):
+    split, models, ref = world
+    data = f"file://{tmp_path}/data"
+    for version in ("1", "2"):
+        open_store(data).put_bytes(reference_key("digits", version), ref.to_json().encode())
+    watch = DriftWatch(data, check_every=50, min_check_interval_s=0.1, ingest_interval_s=0.01)
+    normal = featurize(split.holdout_images[:64])
+    scores = ensemble_proba(models, normal)
+    watch.observe("digits", "1", normal, scores)
+    wait_for(lambda: watch.report("digits"))
+    watch.observe("digits", "1", normal, scores)
+    wait_for(lambda: watch.report("digits")["samples"] == 64)
+    watch.observe("digits", "2", normal[:8], scores[:8])  # version 2 answers now: load its reference
+    wait_for(lambda: watch.report("digits")["version"] == "2")
+    assert watch.report("digits")["samples"] == 0
+    watch.observe("digits", "2", normal[:8], scores[:8])
+    wait_for(lambda: watch.report("digits")["samples"] == 8)
