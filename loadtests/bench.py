@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> Path:
         def deploy(layout: str, env_vars: dict[str, str] | None = None, suffix: str = "") -> None:
             rendered = render_serve_config(config_for[layout], out / f"serve-{layout}{suffix}.yaml",
                                            http_port=settings.serve_http_port, triton_url=stack.triton_url,
-                                           env_vars=env_vars)
+                                           triton_http_url=stack.triton_http_url, env_vars=env_vars)
             print(f"[bench] deploying the {layout} layout{suffix} ...", flush=True)
             stack.ray.serve_deploy(rendered)
             wanted = (env_vars or {})

@@ -42,6 +42,8 @@ class InferenceAppArgs(BaseModel):
     )
     triton_url: str | None = Field(
         None, description="grpc://host:port of Triton; unset means the RTS_TRITON_URL / bundled default")
+    triton_http_url: str | None = Field(
+        None, description="http://host:port of Triton for traced requests; unset: RTS_TRITON_HTTP_URL / bundled")
     triton_timeout_s: float | None = Field(None, description="Deadline for one Triton call; unset: settings")
     layout: Literal["composed", "fused"] = Field(
         "composed", description="composed: one deployment per stage; fused: all stages in the ingress replica")
@@ -76,7 +78,7 @@ class Postprocess(PostprocessStage):
 
 @serve.deployment(name="TritonEnsemble")
 class TritonEnsemble(TritonStage):
-    """Async gRPC client to Triton, one reused channel per replica."""
+    """Async client to Triton, one reused gRPC channel per replica (HTTP for traced requests)."""
 
     def __init__(self, *args, **kwargs) -> None:
         _observability("rts-triton-client")
@@ -113,7 +115,8 @@ class Ingress:
 def _triton_stage(args: InferenceAppArgs) -> TritonStage:
     settings = get_settings()
     return TritonStage(args.triton_url or settings.effective_triton_url, args.models,
-                       args.triton_timeout_s or settings.triton_timeout_s)
+                       args.triton_timeout_s or settings.triton_timeout_s,
+                       http_url=args.triton_http_url or settings.effective_triton_http_url)
 
 
 def build_app(args: dict) -> Application:
@@ -126,6 +129,7 @@ def build_app(args: dict) -> Application:
         cfg,
         Preprocess.bind(cfg.models),
         TritonEnsemble.bind(cfg.triton_url or settings.effective_triton_url, cfg.models,
-                            cfg.triton_timeout_s or settings.triton_timeout_s),
+                            cfg.triton_timeout_s or settings.triton_timeout_s,
+                            http_url=cfg.triton_http_url or settings.effective_triton_http_url),
         Postprocess.bind(cfg.models),
     )

@@ -36,6 +36,14 @@ class Settings(BaseSettings):
         None,
         description="External Triton as grpc://host:port. Unset: `make up` starts the bundled tritonserver.",
     )
+    triton_http_url: str | None = Field(
+        None,
+        description="External Triton's HTTP endpoint, http://host:port, for traced requests (Triton's gRPC "
+        "frontend loses the trace context of a few % of requests). Unset with triton_url: traced requests use gRPC.",
+    )
+    triton_trace_rate: int | None = Field(
+        None, ge=1, description="With tracing on, Triton also starts a trace for 1 in N requests that come without "
+        "a trace context (direct callers). Unset: it traces only requests its caller sampled (the gateway's).")
     triton_host: str = Field("127.0.0.1", description="Bind address of the bundled tritonserver")
     triton_http_port: int = Field(8100, description="Bundled tritonserver HTTP port (Serve owns 8000)")
     triton_grpc_port: int = Field(8101, description="Bundled tritonserver gRPC port")
@@ -93,6 +101,13 @@ class Settings(BaseSettings):
     @property
     def effective_triton_url(self) -> str:
         return self.triton_url or self.bundled_triton_grpc_url
+
+    @property
+    def effective_triton_http_url(self) -> str | None:
+        """Triton's HTTP endpoint for traced requests: the external one if set, else the bundled one."""
+        if self.triton_http_url:
+            return self.triton_http_url
+        return None if self.triton_url else f"http://{self.triton_host}:{self.triton_http_port}"
 
 
 @lru_cache

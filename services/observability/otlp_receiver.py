@@ -155,9 +155,11 @@ class OtlpReceiver:
                     return spans
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    seen = sorted({(s.service_name, s.name) for s in self._spans})
-                    raise TimeoutError(f"spans did not arrive within {timeout:g}s; received {len(self._spans)} "
-                                       f"spans {seen}; export errors: {self.errors or 'none'}")
+                    seen = sorted({(s.service_name, s.name) for s in spans})
+                    where = f"of trace {trace_id} " if trace_id else ""
+                    raise TimeoutError(f"spans did not arrive within {timeout:g}s; received {len(spans)} spans "
+                                       f"{where}{seen} ({len(self._spans)} in all); "
+                                       f"export errors: {self.errors or 'none'}")
                 self._cond.wait(left)
 
 

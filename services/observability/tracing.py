@@ -22,8 +22,10 @@ Configuration (only the standard OpenTelemetry variables, read when ``configure_
 - ``OTEL_SDK_DISABLED=true``: off, whatever else is set.
 
 Triton exports its own spans (OTLP/HTTP, JSON body) when started with ``triton_trace_args()``, and
-continues the trace of a ``traceparent`` sent with the inference request (gRPC metadata or HTTP
-header): pass ``headers=inject_context({})`` to ``tritonclient.grpc.aio.InferenceServerClient.infer``.
+traces exactly the requests that carry a ``traceparent`` (it always samples a request with a valid
+incoming context, whatever its rate): pass ``headers=triton_headers()``, which is empty unless the
+current span is sampled. Send traced requests over HTTP: Triton's gRPC frontend loses the incoming
+context of a few percent of requests (``services.pipeline.stages.TritonStage`` does this).
 
 Ray Serve: a handle call to another replica does not carry our context unless Serve's own tracing
 is on; pass ``inject_context({})`` as an argument and wrap the callee in ``attached_context(carrier)``.
@@ -245,19 +247,14 @@ def attached_context(carrier: Mapping[str, str] | otel_context.Context | None) -
 
 # ---- Triton -------------------------------------------------------------------------------------
 
-def _sampler_rate() -> int:
-    """Triton samples 1 in ``rate`` requests: the inverse of OTEL_TRACES_SAMPLER_ARG for ratio samplers."""
-    sampler = _env("OTEL_TRACES_SAMPLER").lower()
-    arg = _env("OTEL_TRACES_SAMPLER_ARG")
-    if "traceidratio" in sampler and arg:
-        try:
-            ratio = float(arg)
-        except ValueError:
-            return 1
-        return max(1, round(1 / ratio)) if ratio > 0 else 0
-    if sampler in ("always_off", "parentbased_always_off"):
-        return 0
-    return 1
+# Triton samples 1 in ``rate`` requests that come without a trace context, and always samples one
+# that carries a valid context. The default rate is the largest Triton accepts: it starts no traces
+# of its own and joins exactly the ones its callers sampled (the gateway's parent-based sampler).
+TRITON_CONTEXT_ONLY_RATE = 2**31 - 1
+
+
+def _sampler_off() -> bool:
+    return _env("OTEL_TRACES_SAMPLER").lower() in ("always_off", "parentbased_always_off")
 
 
 def triton_trace_args(endpoint: str | None = None, *, rate: int | None = None, level: str = "TIMESTAMPS",
@@ -266,8 +263,9 @@ def triton_trace_args(endpoint: str | None = None, *, rate: int | None = None, l
 
     ``endpoint`` defaults to the OTEL_* variables (the ``/v1/traces`` URL). Triton only speaks
     OTLP/HTTP: with ``OTEL_EXPORTER_OTLP_PROTOCOL=grpc`` pass the collector's HTTP URL explicitly,
-    or Triton's spans are left out (with a warning). ``rate`` defaults to the sampler ratio's
-    inverse (1 = every request); ``schedule_delay_ms`` to OTEL_BSP_SCHEDULE_DELAY (Triton: 5000).
+    or Triton's spans are left out (with a warning). ``rate``: Triton also starts a trace for 1 in
+    ``rate`` requests that arrive without a context (default: never, see TRITON_CONTEXT_ONLY_RATE);
+    ``schedule_delay_ms`` defaults to OTEL_BSP_SCHEDULE_DELAY (Triton's own default: 5000).
     Empty list when tracing is off, so the result can always be appended to the command line.
     """
     if endpoint is None:
@@ -285,9 +283,11 @@ def triton_trace_args(endpoint: str | None = None, *, rate: int | None = None, l
         raise ValueError(f"Triton needs an http(s):// OTLP traces URL, got {endpoint!r}")
     if not parts.path or parts.path == "/":
         endpoint = endpoint.rstrip("/") + "/v1/traces"
-    rate = _sampler_rate() if rate is None else rate
-    if rate <= 0:
+    if _sampler_off():
         return []
+    rate = TRITON_CONTEXT_ONLY_RATE if rate is None else rate
+    if not 1 <= rate <= TRITON_CONTEXT_ONLY_RATE:
+        raise ValueError(f"Triton's trace rate must be 1..{TRITON_CONTEXT_ONLY_RATE}, got {rate}")
     if schedule_delay_ms is None:
         delay = _env("OTEL_BSP_SCHEDULE_DELAY")
         schedule_delay_ms = int(delay) if delay.isdigit() else None
@@ -305,8 +305,24 @@ def triton_trace_args(endpoint: str | None = None, *, rate: int | None = None, l
 
 
 def triton_headers(carrier: MutableMapping[str, str] | None = None) -> dict[str, str]:
-    """gRPC metadata / HTTP headers that make Triton continue the current trace (may be empty)."""
-    return dict(inject_context(carrier))
+    """Headers that make Triton trace this request inside the current trace; empty unless it is sampled.
+
+    Triton traces every request that carries a valid context, sampled flag or not, so an unsampled
+    request must not send one (its spans would be exported under a parent nobody records).
+    """
+    headers = dict(inject_context(carrier))
+    return headers if sampled(headers) else {}
+
+
+def sampled(headers: Mapping[str, str] | None) -> bool:
+    """True when ``headers`` carry a W3C ``traceparent`` with the sampled flag (``00-<trace>-<span>-01``)."""
+    parts = (headers or {}).get("traceparent", "").split("-")
+    if len(parts) != 4 or len(parts[3]) != 2:
+        return False
+    try:
+        return int(parts[3], 16) & 1 == 1
+    except ValueError:
+        return False
 
 
 def _reset_for_tests() -> None:

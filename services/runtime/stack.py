@@ -44,7 +44,7 @@ def ensure_model_repository(settings: Settings, say: Callable[[str], None] = pri
 
 
 def render_serve_config(source: Path, target: Path, *, http_port: int, triton_url: str,
-                        env_vars: dict[str, str] | None = None) -> Path:
+                        triton_http_url: str | None = None, env_vars: dict[str, str] | None = None) -> Path:
     """Copy a Serve config with this stack's HTTP port and Triton address filled in.
 
     ``env_vars`` go into each application's ``runtime_env`` (e.g. OTEL_* to trace one deployment).
@@ -54,6 +54,8 @@ def render_serve_config(source: Path, target: Path, *, http_port: int, triton_ur
     config["http_options"]["host"] = "127.0.0.1"
     for app in config.get("applications", []):
         app.setdefault("args", {}).setdefault("triton_url", triton_url)
+        if triton_http_url:
+            app["args"].setdefault("triton_http_url", triton_http_url)
         if env_vars:
             app.setdefault("runtime_env", {}).setdefault("env_vars", {}).update(env_vars)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -98,6 +100,12 @@ class Stack:
     def triton_url(self) -> str:
         return self.settings.triton_url or self.triton.grpc_url
 
+    @property
+    def triton_http_url(self) -> str | None:
+        if self.settings.triton_url:
+            return self.settings.triton_http_url
+        return self.triton.http_url
+
     def start(self) -> "Stack":
         try:
             self._start()
@@ -115,7 +123,7 @@ class Stack:
             self.say(f"[1/3] starting tritonserver on :{self.settings.triton_http_port} (HTTP) "
                      f"and :{self.settings.triton_grpc_port} (gRPC) ...")
             self.triton = TritonServer(repository, self.settings, work_dir=self.work_dir / "triton",
-                                       extra_args=tuple(triton_trace_args())).start()
+                                       extra_args=tuple(triton_trace_args(rate=self.settings.triton_trace_rate))).start()
             self.say(f"      Triton ready ({time.monotonic() - t0:.1f}s); log: {self.triton.log_file}")
         self.say(f"[2/3] starting a Ray head (dashboard :{self.settings.ray_dashboard_port}) ...")
         self.ray = RayHead(self.settings, log_file=self.work_dir / "ray-head.log", env=settings_env(self.settings),
@@ -123,7 +131,8 @@ class Stack:
         self.say(f"      Ray ready ({time.monotonic() - t0:.1f}s); temp dir {self.ray.temp_dir}")
         self.say(f"[3/3] deploying {self.serve_config.name} on :{self.settings.serve_http_port} ...")
         rendered = render_serve_config(self.serve_config, self.work_dir / "serve_config.yaml",
-                                       http_port=self.settings.serve_http_port, triton_url=self.triton_url)
+                                       http_port=self.settings.serve_http_port, triton_url=self.triton_url,
+                                       triton_http_url=self.triton_http_url)
         self.ray.serve_deploy(rendered)
         wait_until(self.healthy, timeout_s=120, what="gateway /healthz", interval_s=0.5)
         self.say(f"      serving ({time.monotonic() - t0:.1f}s)")

@@ -36,4 +36,9 @@ def test_triton_down_is_503_and_recovery_is_automatic(stack, gateway):
             break
         time.sleep(0.5)
     assert r.status_code == 200, f"gateway did not recover after Triton restarted: {r.text}"
-    assert gateway.get("/healthz").status_code == 200
+    # Health uses the gRPC channel, which retries the connection at most 1 s apart (traced predictions
+    # may have gone over HTTP meanwhile): it follows within a few seconds.
+    deadline = time.monotonic() + 10
+    while (health := gateway.get("/healthz")).status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert health.status_code == 200, health.text

@@ -140,7 +140,8 @@ def test_triton_trace_args_follow_the_otel_variables(monkeypatch):
     args = tracing.triton_trace_args(schedule_delay_ms=200)
     flags = [args[i + 1] for i in range(0, len(args), 2)]
     assert all(a == "--trace-config" for a in args[::2])
-    assert flags[:3] == ["mode=opentelemetry", "rate=1", "level=TIMESTAMPS"]
+    # Triton starts no traces of its own: it joins those whose traceparent the gateway sends.
+    assert flags[:3] == ["mode=opentelemetry", f"rate={2**31 - 1}", "level=TIMESTAMPS"]
     assert "opentelemetry,url=http://127.0.0.1:4318/v1/traces" in flags
     assert "opentelemetry,resource=service.name=triton-inference-server" in flags
     assert "opentelemetry,bsp_schedule_delay=200" in flags
@@ -148,8 +149,13 @@ def test_triton_trace_args_follow_the_otel_variables(monkeypatch):
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://collector:4318/v1/traces")
     monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
     monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0.1")
-    flags = tracing.triton_trace_args()[1::2]
-    assert "opentelemetry,url=http://collector:4318/v1/traces" in flags and "rate=10" in flags
+    flags = tracing.triton_trace_args(rate=50)[1::2]
+    assert "opentelemetry,url=http://collector:4318/v1/traces" in flags and "rate=50" in flags
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
+    assert tracing.triton_trace_args() == []
+    monkeypatch.delenv("OTEL_TRACES_SAMPLER")
+    with pytest.raises(ValueError, match="rate"):
+        tracing.triton_trace_args(rate=0)
 
     monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
@@ -248,3 +254,15 @@ def test_stage_times_without_a_span_when_off_and_makes_one_when_a_provider_appea
     spans = exporter.get_finished_spans()
     assert [x.name for x in spans] == ["preprocess"] and spans[0].attributes["rts.batch_size"] == 1
     assert metrics.sample_value("rts_stage_seconds_count", labels) == 2
+
+
+def test_triton_is_sent_the_context_of_sampled_requests_only(monkeypatch):
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON
+
+    # Triton traces every request that carries a valid context, sampled or not: unsampled ones send none.
+    for sampler, expect in ((ALWAYS_ON, True), (ALWAYS_OFF, False)):
+        tracer = TracerProvider(sampler=sampler).get_tracer("t")
+        with tracer.start_as_current_span("triton"):
+            headers = tracing.triton_headers()
+            assert bool(headers) is expect
+            assert tracing.sampled(headers) is expect
