@@ -310,8 +310,9 @@ def triton_headers(carrier: MutableMapping[str, str] | None = None) -> dict[str,
     Triton traces every request that carries a valid context, sampled flag or not, so an unsampled
     request must not send one (its spans would be exported under a parent nobody records).
     """
-    headers = dict(inject_context(carrier))
-    return headers if sampled(headers) else {}
+    if not trace.get_current_span().get_span_context().trace_flags.sampled:
+        return {}
+    return dict(inject_context(carrier))
 
 
 def sampled(headers: Mapping[str, str] | None) -> bool:

@@ -102,9 +102,7 @@ class Stack:
 
     @property
     def triton_http_url(self) -> str | None:
-        if self.settings.triton_url:
-            return self.settings.triton_http_url
-        return self.triton.http_url
+        return self.settings.effective_triton_http_url
 
     def start(self) -> "Stack":
         try:
