@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha1sum | cut -c1-12)
 
-.PHONY: venv tools models up test test-unit test-integration bench loadtest clean
+.PHONY: venv tools models up test test-unit test-integration bench skew loadtest clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
@@ -23,8 +23,8 @@ tools:
 		     (apt-get install -y -qq prometheus || { apt-get update -qq && apt-get install -y -qq prometheus; }) >/dev/null; } \
 		|| echo "prometheus not installed (needs root and apt): its scrape test will be skipped"; }
 
-models: venv  ## train the bundled digits models into var/model_repository if missing
-	$(PY) -m services.models.digits.train --if-missing
+models: venv  ## version 1 of every configured model into the model repository, where it has none
+	$(VENV)/bin/rts models init
 
 up: models  ## Triton + Ray (dashboard :8265) + Serve gateway (:8000); Ctrl-C stops all of it
 	$(VENV)/bin/rts up
@@ -42,6 +42,9 @@ bench: venv  ## Triton direct vs the gateway at concurrency 1/8/32, then tracing
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(PY) -m loadtests.bench
 	$(PY) -m loadtests.bench_tracing
+
+skew: venv  ## digits as the files users send vs exact 8x8, shipped training vs no augmentation -> loadtests/results/
+	$(PY) -m loadtests.skew
 
 PROFILE ?= ramp
 loadtest: venv  ## Locust profile (ci|ramp|spike|soak) headless against a running `make up` -> loadtests/results/

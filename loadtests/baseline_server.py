@@ -9,36 +9,33 @@ platform, no Ray, no Triton. The benchmark runs it beside the gateway so the com
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from services.common.errors import ServingError
-from services.models.classification import ClassificationPostprocess
-from services.models.digits.preprocess import DigitsPreprocess
-from services.models.digits.spec import LABELS
-from services.models.digits.train import family
-from services.retraining.gates import OnnxEnsemble
+from services.errors import ServingError
+from services.modelkit.discovery import load_package
+from services.triton.onnx_ensemble import OnnxEnsemble
 
 
 def create_baseline_app(repository: str, version: int) -> FastAPI:
-    from pathlib import Path
-
-    files = {m: (Path(repository) / m / str(version) / "model.onnx").read_bytes() for m in family().members}
-    model = OnnxEnsemble(files)
-    pre, post = DigitsPreprocess(), ClassificationPostprocess(LABELS)
+    digits = load_package("services.models.digits")
+    files = {m: (Path(repository) / m / str(version) / "model.onnx").read_bytes() for m in digits.family.members}
+    model = OnnxEnsemble(digits.family, files)
+    options = digits.Options()
     app = FastAPI(title="baseline: FastAPI + onnxruntime")
 
     @app.post("/v1/predict")
     async def predict(request: Request) -> JSONResponse:
         form = await request.form()
         try:
-            rows = np.stack([pre.from_image(await f.read()) for f in form.getlist("file")])
+            rows = np.stack([digits.from_image(await f.read()) for f in form.getlist("file")])
         except ServingError as exc:
             return JSONResponse(exc.to_json(), status_code=exc.status)
-        preds = post(model.predict_proba(rows), 3)
+        preds = digits.task.postprocess(model.primary(rows), options)
         return JSONResponse({"predictions": preds, "model": {"name": "digits", "version": str(version)}})
 
     return app

@@ -43,15 +43,15 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import httpx
 import psutil
 
-from services.common.settings import REPO_ROOT, Settings
-from services.models.digits.preprocess import DigitsPreprocess
-from services.models.digits.train import load_split
-from services.runtime.processes import start_process, stop_process, wait_until
-from services.runtime.ray_cluster import free_port
+from services.modelkit.discovery import load_package
+from services.models.digits.data import FileVariant, load_split, render
+from services.runtime.processes import free_port, start_process, stop_process, wait_until
 from services.runtime.stack import Stack, render_serve_config
-from services.models.digits.samples import render
+from services.settings import REPO_ROOT, Settings
+from services.telemetry.otlp_receiver import OtlpReceiver
 
 LUA = Path(__file__).with_name("wrk_post.lua")
 CONFIGS = REPO_ROOT / "ray_apps" / "configs"
@@ -101,9 +101,9 @@ class CpuMeter:
 
 def make_bodies(out: Path) -> dict[str, tuple[Path, str]]:
     """One held-out digit as a 28x28 PNG (gateway) and as its 64 features (Triton direct)."""
-    pixels = load_split().holdout_images[0]
-    png = render(pixels, size=28, fmt="PNG", dark_ink=True)
-    features = DigitsPreprocess().from_image(png)
+    pixels = load_split().holdout.x[0]
+    png = render(pixels, FileVariant(28, "PNG", dark_ink=True))
+    features = load_package("services.models.digits").from_image(png)
     boundary = uuid.uuid4().hex
     multipart = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"d.png\"\r\n"
                  f"Content-Type: image/png\r\n\r\n").encode() + png + f"\r\n--{boundary}--\r\n".encode()
@@ -188,8 +188,6 @@ def plot(results: list[Measurement], path: Path) -> None:
 
 
 def bench_baseline(stack: Stack, args, bodies, out: Path) -> list[Measurement]:
-    import httpx
-
     port = free_port()
     proc = start_process([sys.executable, "-m", "loadtests.baseline_server", "--repository",
                           stack.triton_repository, "--version", "1", "--port", str(port)],
@@ -221,10 +219,9 @@ def main(argv: list[str] | None = None) -> Path:
     bodies = make_bodies(out)
     var_dir = out / "var"
     settings = Settings(
-        var_dir=var_dir, triton_http_port=free_port(), triton_grpc_port=free_port(),
-        triton_metrics_port=free_port(), ray_gcs_port=free_port(), ray_dashboard_port=free_port(),
-        serve_http_port=free_port(), ray_temp_dir=Path(f"/tmp/rts-bench-{os.getpid()}"),
-        retraining_listener=False)  # see the module docstring
+        var_dir=var_dir, triton={"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()},
+        ray={"gcs_port": free_port(), "dashboard_port": free_port(), "temp_dir": Path(f"/tmp/rts-bench-{os.getpid()}")},
+        serve={"http_port": free_port()}, listener={"enabled": False})  # see the module docstring
     results: list[Measurement] = []
     config_for = {"composed": CONFIGS / "inference.yaml", "fused": CONFIGS / "inference-fused.yaml"}
     with Stack(settings, config_for[args.layouts[0]], say=lambda m: print(f"[stack] {m}", flush=True)) as stack:
@@ -234,8 +231,7 @@ def main(argv: list[str] | None = None) -> Path:
 
         def deploy(layout: str, env_vars: dict[str, str] | None = None, suffix: str = "") -> None:
             rendered = render_serve_config(config_for[layout], out / f"serve-{layout}{suffix}.yaml",
-                                           http_port=settings.serve_http_port, triton_url=stack.triton_url,
-                                           triton_http_url=stack.triton_http_url, env_vars=env_vars)
+                                           http_port=settings.serve.http_port, env_vars=env_vars)
             print(f"[bench] deploying the {layout} layout{suffix} ...", flush=True)
             stack.ray.serve_deploy(rendered)
             wanted = (env_vars or {})
@@ -264,8 +260,6 @@ def main(argv: list[str] | None = None) -> Path:
                     results.append(report(run_wrk(triton, c, args.duration, args.warmup, triton_cpu)))
                 measure_gateway(f"gateway-{layout}", c)
         if not args.no_tracing and "fused" in args.layouts:
-            from services.observability.otlp_receiver import OtlpReceiver
-
             with OtlpReceiver() as receiver:
                 deploy("fused", {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
                                  "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",

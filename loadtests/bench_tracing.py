@@ -34,40 +34,46 @@ from pathlib import Path
 
 from opentelemetry import trace
 
-from services.common.settings import REPO_ROOT, Settings
-from services.gateway.app import create_app
-from services.models.base import load_specs
-from services.models.digits.samples import render
-from services.models.digits.train import load_split
-from services.observability import instrument, metrics
-from services.pipeline import pipeline as pipeline_module
-from services.pipeline.pipeline import InferencePipeline, LocalStage
-from services.pipeline.stages import PostprocessStage, PreprocessStage
+import numpy as np
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-MODELS = ["services.models.digits.spec:DIGITS"]
+from services.modelkit.discovery import load_models
+from services.models.digits.data import FileVariant, load_split, render
+from services.serving import pipeline as pipeline_module
+from services.serving.app import create_app
+from services.serving.deps import Gateway
+from services.serving.pipeline import InferencePipeline
+from services.serving.stages import LocalPostprocess, LocalPreprocess, PostprocessStage, PreprocessStage
+from services.settings import REPO_ROOT, Settings
+from services.telemetry import instrument, metrics
+from services.triton.client import InferResult
 
 
 class FakeTriton:
     """Stands in for the Triton call so the measurement is the gateway's own code."""
 
     def __init__(self) -> None:
-        import numpy as np
-
         self.scores = np.full((1, 10), 0.01, dtype=np.float32)
         self.scores[0, 3] = 0.91
 
-    async def infer(self, model, features, version, headers):
-        return {"model": model, "version": "1", "scores": self.scores[: len(features)]}
+    async def infer(self, model, rows, version="", headers=None) -> InferResult:
+        return InferResult({"probabilities": self.scores[: len(rows)]}, "1")
+
+    async def health(self) -> tuple[bool, str]:
+        return True, "ok"
 
 
 def build_app():
-    pipe = InferencePipeline(LocalStage(PreprocessStage(MODELS)), LocalStage(FakeTriton()),
-                             LocalStage(PostprocessStage(MODELS)))
-    return create_app(pipe, load_specs(MODELS), Settings())
+    settings = Settings(models=["services.models.digits"])
+    models = load_models(settings)
+    pipe = InferencePipeline(LocalPreprocess(PreprocessStage(models)), FakeTriton(),
+                             LocalPostprocess(PostprocessStage(models)))
+    return create_app(Gateway(settings, models, pipe))
 
 
 def request_parts() -> tuple[dict, bytes]:
-    png = render(load_split().holdout_images[0], size=28, fmt="PNG", dark_ink=True)
+    png = render(load_split().holdout.x[0], FileVariant(28, "PNG", dark_ink=True))
     boundary = uuid.uuid4().hex
     body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"d.png\"\r\n"
             f"Content-Type: image/png\r\n\r\n").encode() + png + f"\r\n--{boundary}--\r\n".encode()
@@ -137,9 +143,6 @@ async def compare(app, scope, body, rounds: int, n: int, conditions) -> dict[str
 
 
 def install_sdk_provider() -> None:
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-
     class Drop(SpanExporter):
         def export(self, spans):
             return SpanExportResult.SUCCESS

@@ -4,9 +4,10 @@ Headless with a report: ``python -m loadtests.run --profile ramp --host http://1
 Web UI: ``locust -f loadtests/locustfile.py --host http://127.0.0.1:8000`` (``--load-profile spike``
 picks a shape; without the shape class, ``--class-picker`` lets you drive users by hand instead).
 
-Traffic: single images and batches of 2-8 (multipart), JSON pixel grids, images of several sizes
-and formats (PNG/JPEG/BMP, 8-256 px, both polarities), and about 9% bad requests (not an image,
-wrong pixel shape) that count as successes only when they get their 4xx.
+Traffic, on both bundled models: for digits, single images and batches of 2-8 (multipart), JSON
+pixel grids, images of several sizes and formats (PNG/JPEG/BMP, 8-256 px, both polarities); for
+diabetes, JSON instances of held-out patients (1-8 rows); and about 8% bad requests (not an image,
+wrong pixel shape, an out-of-range field) that count as successes only when they get their 400.
 """
 
 from __future__ import annotations
@@ -17,16 +18,19 @@ import random
 from locust import HttpUser, LoadTestShape, between, events, task
 
 from loadtests.profiles import PROFILES, timeline
+from services.models.diabetes.data import FEATURES
+from services.models.diabetes.data import load_split as diabetes_split
+from services.models.digits.data import load_split
 from services.models.digits.samples import holdout_images
-from services.models.digits.train import load_split
 
 POOL = holdout_images(60, seed=5)
-PIXELS = load_split().holdout_images[:60]
+PIXELS = load_split().holdout.x[:60]
+PATIENTS = [dict(zip(FEATURES, map(float, row))) for row in diabetes_split().holdout.x]
 
 
 @events.init_command_line_parser.add_listener
 def _add_profile_argument(parser) -> None:
-    parser.add_argument("--load-profile", default=os.environ.get("RTS_LOAD_PROFILE", "ci"),
+    parser.add_argument("--load-profile", default=os.environ.get("LOADTEST_PROFILE", "ci"),
                         help=f"load profile: {', '.join(PROFILES)}")
 
 
@@ -51,13 +55,21 @@ class GatewayUser(HttpUser):
         self._expect_ok("/v1/predict", json={"instances": [{"pixels": PIXELS[i].tolist()} for i in rows]},
                         name="/v1/predict [json]")
 
+    @task(2)
+    def diabetes(self) -> None:
+        rows = random.sample(PATIENTS, random.randint(1, 8))
+        self._expect_ok("/v1/models/diabetes/predict", json={"instances": rows}, name="/v1/models/diabetes/predict")
+
     @task(1)
     def bad_request(self) -> None:
-        if random.random() < 0.5:
+        path, roll = "/v1/predict", random.random()
+        if roll < 0.33:
             kwargs = {"files": [("file", ("x.png", b"this is not an image", "image/png"))]}
-        else:
+        elif roll < 0.66:
             kwargs = {"json": {"instances": [{"pixels": [[1, 2, 3]]}]}}
-        with self.client.post("/v1/predict", name="/v1/predict [bad input]", catch_response=True, **kwargs) as r:
+        else:
+            path, kwargs = "/v1/models/diabetes/predict", {"json": {"instances": [{**PATIENTS[0], "bmi": 9.0}]}}
+        with self.client.post(path, name="[bad input]", catch_response=True, **kwargs) as r:
             if r.status_code == 400 and "error" in r.json():
                 r.success()
             else:
@@ -86,9 +98,9 @@ _timings = None
 
 @events.request.add_listener
 def _record_timing(request_type, name, response_time, response_length, exception, start_time=None, **kwargs):
-    """Every request's timing to RTS_LOAD_TIMINGS (CSV), so the runner computes exact per-stage percentiles."""
+    """Every request's timing to LOADTEST_TIMINGS (CSV), so the runner computes exact per-stage percentiles."""
     global _timings
-    path = os.environ.get("RTS_LOAD_TIMINGS")
+    path = os.environ.get("LOADTEST_TIMINGS")
     if not path:
         return
     if _timings is None:

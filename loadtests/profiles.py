@@ -1,6 +1,6 @@
 """Load profiles as data: stages of (duration_s, users, spawn_rate), replayed by a LoadTestShape.
 
-Pick one with ``--load-profile NAME`` (headless runner or web UI) or ``RTS_LOAD_PROFILE``.
+Pick one with ``--load-profile NAME`` (headless runner or web UI) or ``LOADTEST_PROFILE``.
 """
 
 from __future__ import annotations

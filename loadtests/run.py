@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from loadtests.profiles import PROFILES, timeline
-from services.common.settings import REPO_ROOT
+from services.settings import REPO_ROOT
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 
@@ -115,7 +115,7 @@ def run_profile(profile: str, host: str, dashboard: str, out: Path, app: str = "
     cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", host,
            "--load-profile", profile, "--csv", str(out / "locust"), "--csv-full-history", "--html", str(out / "report.html"),
            "--stop-timeout", "10", "--only-summary", "--loglevel", "WARNING"]
-    env = {**os.environ, "RTS_LOAD_TIMINGS": str(timings_path), "PYTHONPATH": str(REPO_ROOT)}
+    env = {**os.environ, "LOADTEST_TIMINGS": str(timings_path), "PYTHONPATH": str(REPO_ROOT)}
     proc = subprocess.Popen(cmd, env=env, stdout=open(out / "locust.log", "w"), stderr=subprocess.STDOUT)
     try:
         while proc.poll() is None:

@@ -4,10 +4,14 @@ Composed layout (``layout: composed``)::
 
     HTTP :8000 -> Ingress (FastAPI) -> Preprocess -> TritonEnsemble (gRPC aio) -> Postprocess
                                                         |
-                                                   tritonserver (ensemble of ONNX models)
+                                                   tritonserver (one ensemble per model)
 
 Fused layout (``layout: fused``): the same three stages run inside the Ingress replica, saving two
 Serve hops per request (about 5 ms each on 2 cores). Replicas scale the whole pipeline together.
+
+Which models are served, where Triton is and every limit come from the process settings
+(``RTS_*``, ``services/settings.py``), the same for every process of the stack; the Serve config
+says only how the application is laid out and scaled.
 
 Deploy with ``serve deploy ray_apps/configs/inference.yaml`` (replicas, autoscaling, CPUs there),
 or ``serve.run(build_app({...}))`` from Python.
@@ -22,13 +26,20 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
-from services.common.settings import get_settings
-from services.gateway.app import create_app
-from services.models.base import load_specs
-from services.pipeline.pipeline import HandleStage, InferencePipeline, LocalStage
-from services.pipeline.stages import PostprocessStage, PreprocessStage, TritonStage
-
-DEFAULT_MODELS = ["services.models.digits.spec:DIGITS"]
+from services.modelkit import ModelPackage
+from services.modelkit.discovery import load_models
+from services.registry.records import Records
+from services.serving.app import create_app
+from services.serving.deps import Gateway
+from services.serving.drift_watch import DriftWatch
+from services.serving.pipeline import InferencePipeline
+from services.serving.stages import (LocalInference, LocalPostprocess, LocalPreprocess, PostprocessStage,
+                                     PreprocessStage, RemoteInference, RemotePostprocess, RemotePreprocess,
+                                     TritonStage)
+from services.settings import Settings, get_settings
+from services.storage import data_store
+from services.telemetry.metrics import configure_metrics
+from services.telemetry.tracing import configure_tracing
 
 
 class InferenceAppArgs(BaseModel):
@@ -36,87 +47,71 @@ class InferenceAppArgs(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    models: list[str] = Field(
-        default_factory=lambda: list(DEFAULT_MODELS),
-        description="Import paths of ModelSpec objects; the first is the default model of /v1/predict",
-    )
-    triton_url: str | None = Field(
-        None, description="grpc://host:port of Triton; unset means the RTS_TRITON_URL / bundled default")
-    triton_http_url: str | None = Field(
-        None, description="http://host:port of Triton for traced requests; unset: RTS_TRITON_HTTP_URL / bundled")
-    triton_timeout_s: float | None = Field(None, description="Deadline for one Triton call; unset: settings")
     layout: Literal["composed", "fused"] = Field(
         "composed", description="composed: one deployment per stage; fused: all stages in the ingress replica")
 
 
 def _observability(service: str) -> None:
     """Once per replica process: OTEL_* env decides tracing; metrics go to Ray and /metrics."""
-    from services.observability.metrics import configure_metrics
-    from services.observability.tracing import configure_tracing
-
     configure_tracing(service)
     configure_metrics("ray", also_local=True)
 
 
+def _models(settings: Settings) -> dict[str, ModelPackage]:
+    return load_models(settings)
+
+
 @serve.deployment(name="Preprocess")
 class Preprocess(PreprocessStage):
-    """Decodes and normalizes user inputs into model rows (CPU-bound; scale it on its own)."""
+    """Decodes and checks user inputs into model rows (CPU-bound; scale it on its own)."""
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self) -> None:
         _observability("rts-preprocess")
-        super().__init__(*args, **kwargs)
+        super().__init__(_models(get_settings()))
 
 
 @serve.deployment(name="Postprocess")
 class Postprocess(PostprocessStage):
-    """Turns class scores into labels, confidences and top-k."""
+    """Turns model outputs into labels, confidences, top-k or values."""
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self) -> None:
         _observability("rts-postprocess")
-        super().__init__(*args, **kwargs)
+        super().__init__(_models(get_settings()))
 
 
 @serve.deployment(name="TritonEnsemble")
 class TritonEnsemble(TritonStage):
     """Async client to Triton, one reused gRPC channel per replica (HTTP for traced requests)."""
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self) -> None:
         _observability("rts-triton-client")
-        super().__init__(*args, **kwargs)
+        settings = get_settings()
+        super().__init__(_models(settings), settings.triton)
 
 
 @serve.deployment(name="Ingress")
 @serve.ingress()
 class Ingress:
-    """FastAPI gateway: /v1/predict, OIP /v2, /healthz. Stages are handles (composed) or local (fused)."""
+    """FastAPI gateway: /v1, OIP /v2, /healthz, /admin. Stages are handles (composed) or local (fused)."""
 
     def __init__(self, args: InferenceAppArgs, preprocess: DeploymentHandle | None = None,
                  triton: DeploymentHandle | None = None, postprocess: DeploymentHandle | None = None) -> None:
         _observability("rts-gateway")
-        self.settings = get_settings()
-        self.specs = load_specs(args.models)
+        settings = get_settings()
+        models = _models(settings)
         if args.layout == "fused":
-            stages = (LocalStage(PreprocessStage(args.models)), LocalStage(_triton_stage(args)),
-                      LocalStage(PostprocessStage(args.models)))
+            stages = (LocalPreprocess(PreprocessStage(models)), LocalInference(TritonStage(models, settings.triton)),
+                      LocalPostprocess(PostprocessStage(models)))
         else:
-            stages = (HandleStage(preprocess), HandleStage(triton), HandleStage(postprocess))
+            stages = (RemotePreprocess(preprocess), RemoteInference(triton), RemotePostprocess(postprocess))
         drift = None
-        if self.settings.drift_watch:
-            from services.pipeline.drift_watch import DriftWatch
-
-            drift = DriftWatch(self.settings.data_uri, window=self.settings.drift_window,
-                               cooldown_s=self.settings.drift_cooldown_s)
-        self.pipeline = InferencePipeline(*stages, drift=drift)
+        if settings.drift.enabled:
+            drift = DriftWatch(Records(data_store(settings)), models, window=settings.drift.window,
+                               cooldown_s=settings.drift.cooldown_s)
+        self.gateway = Gateway(settings, models, InferencePipeline(*stages, drift=drift))
 
     def __serve_build_asgi_app__(self):
-        return create_app(self.pipeline, self.specs, self.settings)
-
-
-def _triton_stage(args: InferenceAppArgs) -> TritonStage:
-    settings = get_settings()
-    return TritonStage(args.triton_url or settings.effective_triton_url, args.models,
-                       args.triton_timeout_s or settings.triton_timeout_s,
-                       http_url=args.triton_http_url or settings.effective_triton_http_url)
+        return create_app(self.gateway)
 
 
 def build_app(args: dict) -> Application:
@@ -124,12 +119,4 @@ def build_app(args: dict) -> Application:
     cfg = InferenceAppArgs.model_validate(args or {})
     if cfg.layout == "fused":
         return Ingress.bind(cfg)
-    settings = get_settings()
-    return Ingress.bind(
-        cfg,
-        Preprocess.bind(cfg.models),
-        TritonEnsemble.bind(cfg.triton_url or settings.effective_triton_url, cfg.models,
-                            cfg.triton_timeout_s or settings.triton_timeout_s,
-                            http_url=cfg.triton_http_url or settings.effective_triton_http_url),
-        Postprocess.bind(cfg.models),
-    )
+    return Ingress.bind(cfg, Preprocess.bind(), TritonEnsemble.bind(), Postprocess.bind())

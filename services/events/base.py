@@ -11,7 +11,7 @@ Two event types, whatever the cloud:
 
 - ``rts.object.created``: data ``bucket``, ``key``, ``size``, ``etag``, ``version`` (S3 VersionId /
   GCS generation / local mtime_ns), ``uri``;
-- ``rts.retrain.requested``: data is free-form, e.g. ``{"reason": "drift", "model": "digits"}``.
+- ``rts.retrain.requested``: data is free-form, e.g. ``{"reason": "drift", "model": "churn"}``.
 
 Delivery is at least once: a source redelivers what was not acknowledged (after a crash, a
 visibility timeout or an ack deadline). Event ids are deterministic for object events
@@ -23,12 +23,16 @@ trace context of whoever wrote the object or asked for the run, so the run conti
 
 from __future__ import annotations
 
+import importlib
 import uuid
 from abc import ABC, abstractmethod
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from services.settings import Settings
 
 OBJECT_CREATED = "rts.object.created"
 RETRAIN_REQUESTED = "rts.retrain.requested"
@@ -65,7 +69,18 @@ class ReceivedEvent(BaseModel):
     ack_handle: Any = Field(None, exclude=True, repr=False, description="Opaque to consumers; give it back to ack()")
 
 
+class SourceNotConfigured(ValueError):
+    """A source was asked for without what it needs (a queue URL, a subscription, a region)."""
+
+
 class EventSource(ABC):
+    name: ClassVar[str]
+
+    @classmethod
+    @abstractmethod
+    def from_settings(cls, settings: "Settings") -> "EventSource":
+        """The source the listener settings describe; SourceNotConfigured names what is missing."""
+
     @abstractmethod
     def receive(self, max_events: int = 10, timeout_s: float = 1.0) -> list[ReceivedEvent]:
         """Up to `max_events` events, waiting at most about `timeout_s` for the first one."""
@@ -112,3 +127,31 @@ def retrain_requested(data: dict[str, Any], *, source: str, event_id: str | None
                       subject=str(data.get("model")) if data.get("model") else None,
                       time=time or datetime.now(timezone.utc), data=dict(data),
                       traceparent=traceparent or None, tracestate=tracestate or None)
+
+
+_SOURCES: dict[str, type[EventSource]] = {}
+_SOURCE_MODULES = {"local": "services.events.local", "sqs": "services.events.sqs", "pubsub": "services.events.pubsub"}
+
+
+def register_source(name: str) -> Callable[[type[EventSource]], type[EventSource]]:
+    def decorator(cls: type[EventSource]) -> type[EventSource]:
+        cls.name = name
+        _SOURCES[name] = cls
+        return cls
+
+    return decorator
+
+
+def source_class(name: str) -> type[EventSource]:
+    """The source registered under `name`; its module is imported on first use (boto3, google-cloud)."""
+    if name not in _SOURCES and name in _SOURCE_MODULES:
+        importlib.import_module(_SOURCE_MODULES[name])
+    try:
+        return _SOURCES[name]
+    except KeyError:
+        raise SourceNotConfigured(f"no event source named {name!r} (known: {sorted(_SOURCE_MODULES)})") from None
+
+
+def open_source(settings: "Settings") -> EventSource:
+    """The event source of ``settings.listener`` (RTS_LISTENER_SOURCE and its options)."""
+    return source_class(settings.listener.source).from_settings(settings)

@@ -2,7 +2,7 @@
 
 Usage::
 
-    source = LocalFolderSource("/abs/var/bucket", prefix="datasets/digits/incoming/")
+    source = LocalFolderSource("/abs/var/bucket", prefix="datasets/")
     for received in source.receive(max_events=100, timeout_s=1):
         ...
         source.ack(received)
@@ -28,8 +28,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from services.events.base import EventSource, ReceivedEvent, object_created
-from services.events.tracecontext import MappingGetter, trace_fields
+from services.events.base import EventSource, ReceivedEvent, SourceNotConfigured, object_created, register_source
+from services.telemetry.propagation import MappingGetter, trace_fields
 
 IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".meta.json")
 
@@ -38,7 +38,15 @@ def is_temporary(name: str) -> bool:
     return name.startswith(".") or name.endswith(IGNORED_SUFFIXES)
 
 
+@register_source("local")
 class LocalFolderSource(EventSource):
+    @classmethod
+    def from_settings(cls, settings) -> "LocalFolderSource":
+        if not settings.data_uri.startswith("file://"):
+            raise SourceNotConfigured(f"the local source watches a folder, and RTS_DATA_URI is {settings.data_uri}; "
+                                      "use --source sqs (S3) or --source pubsub (GCS) for a bucket")
+        return cls(settings.data_uri, prefix="datasets/")
+
     def __init__(self, root: str | Path, prefix: str = "", *, poll_interval_s: float = 0.5, settle_s: float = 0.5,
                  redeliver_after_s: float = 300.0) -> None:
         root_str = str(root)

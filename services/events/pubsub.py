@@ -8,8 +8,9 @@ Usage::
             source.ack(received)            # acks the Pub/Sub message; nothing is acked before
 
 Set up on GCP: a bucket notification (``gcloud storage buckets notifications create gs://B
---topic=T --event-types=OBJECT_FINALIZE --object-prefix=datasets/digits/incoming/``), and/or a
-"retrain" topic that people and schedulers publish JSON to (``publish_retrain_request``); one
+--topic=T --event-types=OBJECT_FINALIZE --object-prefix=datasets/``), and/or a
+"retrain" topic that people and schedulers publish JSON to
+(``services.retraining.requests.publish_retrain_request``); one
 subscription per topic, or one topic for both.
 
 What a message becomes:
@@ -38,12 +39,15 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import re
 import time
 from typing import Any
 
-from services.events.base import (RETRAIN_REQUESTED, CloudEvent, EventSource, ReceivedEvent, object_created,
-                                  retrain_requested)
-from services.events.tracecontext import MappingGetter, first_trace_fields
+from google.cloud import pubsub_v1
+
+from services.events.base import (RETRAIN_REQUESTED, CloudEvent, EventSource, ReceivedEvent, SourceNotConfigured,
+                                  object_created, register_source, retrain_requested)
+from services.telemetry.propagation import MappingGetter, first_trace_fields
 
 log = logging.getLogger("events.pubsub")
 
@@ -91,11 +95,21 @@ def _int(value: Any) -> int | None:
     return int(value) if value not in (None, "") else None
 
 
+@register_source("pubsub")
 class PubSubEventSource(EventSource):
+    @classmethod
+    def from_settings(cls, settings) -> "PubSubEventSource":
+        subscription = settings.listener.subscription
+        if not subscription:
+            raise SourceNotConfigured("the pubsub source needs a subscription: pass --subscription "
+                                      "projects/<project>/subscriptions/<name> (RTS_LISTENER_SUBSCRIPTION)")
+        if not re.fullmatch(r"projects/[^/]+/subscriptions/[^/]+", subscription):
+            raise SourceNotConfigured(f"--subscription must look like projects/<project>/subscriptions/<name>, "
+                                      f"got {subscription!r}")
+        return cls(subscription)
+
     def __init__(self, subscription: str, *, subscriber: Any = None, max_outstanding: int = 100,
                  max_lease_s: int = 3600, lease_extension_s: int = 0) -> None:
-        from google.cloud import pubsub_v1
-
         self.subscription = subscription
         self.source = f"//pubsub.googleapis.com/{subscription}"
         self.subscriber = subscriber or pubsub_v1.SubscriberClient()

@@ -8,7 +8,7 @@ Usage::
             source.ack(received)            # deletes the SQS message
 
 Set up on AWS: an S3 bucket notification (``s3:ObjectCreated:*``, prefix
-``datasets/digits/incoming/``) to this queue, directly or through SNS (both shapes are read). The
+``datasets/``) to this queue, directly or through SNS (both shapes are read). The
 queue's visibility timeout is the redelivery delay of an event that was received and not acked.
 
 What a message becomes:
@@ -23,9 +23,9 @@ Trace context: the ``traceparent`` message attribute, else the object's S3 user 
 own notifications carry no attributes; a producer that writes ``metadata=trace_carrier()`` is
 still followed).
 
-Configuration: boto3's usual credentials/region chain; ``endpoint_url`` (constructor), else
-``RTS_SQS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_SQS`` / ``AWS_ENDPOINT_URL`` for a local server. The S3
-client used to read metadata uses ``services.storage.s3.default_endpoint_url()``.
+Configuration (``from_settings``): ``RTS_LISTENER_QUEUE_URL``, ``RTS_LISTENER_REGION`` (default: the
+region in the queue URL, else boto3's chain), ``RTS_SQS_ENDPOINT_URL`` / ``RTS_S3_ENDPOINT_URL`` for
+local servers; credentials from boto3's usual chain.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -42,9 +42,10 @@ from urllib.parse import unquote_plus
 import boto3
 from botocore.exceptions import ClientError
 
-from services.events.base import (RETRAIN_REQUESTED, CloudEvent, EventSource, ReceivedEvent, object_created,
-                                  retrain_requested)
-from services.events.tracecontext import MappingGetter, SqsAttributesGetter, first_trace_fields
+from services.events.base import (RETRAIN_REQUESTED, CloudEvent, EventSource, ReceivedEvent, SourceNotConfigured,
+                                  object_created, register_source, retrain_requested)
+from services.storage.s3 import default_endpoint_url
+from services.telemetry.propagation import MappingGetter, SqsAttributesGetter, first_trace_fields
 
 log = logging.getLogger("events.sqs")
 
@@ -76,6 +77,12 @@ def events_from_s3_notification(body: dict[str, Any], *, attributes: dict | None
     return events
 
 
+def region_of(queue_url: str) -> str | None:
+    """The region in an AWS queue URL (https://sqs.eu-west-1.amazonaws.com/...), else None."""
+    match = re.match(r"https?://sqs[.-]([a-z0-9-]+)\.amazonaws\.com", queue_url or "")
+    return match.group(1) if match else None
+
+
 @dataclass
 class _MessageHandle:
     """One SQS message may hold several records; it is deleted when the last of them is acked."""
@@ -84,12 +91,26 @@ class _MessageHandle:
     pending: set[str] = field(default_factory=set)
 
 
+@register_source("sqs")
 class SqsEventSource(EventSource):
+    @classmethod
+    def from_settings(cls, settings) -> "SqsEventSource":
+        queue_url = settings.listener.queue_url
+        if not queue_url:
+            raise SourceNotConfigured("the sqs source needs a queue: pass --queue-url "
+                                      "https://sqs.<region>.amazonaws.com/<account>/<queue> (RTS_LISTENER_QUEUE_URL)")
+        region = settings.listener.region or region_of(queue_url) or boto3.session.Session().region_name
+        if not region:
+            raise SourceNotConfigured(f"the sqs source needs the queue's AWS region: pass --region, set "
+                                      f"AWS_DEFAULT_REGION, or use the queue's regional URL (got {queue_url})")
+        client = boto3.client("sqs", region_name=region, endpoint_url=settings.sqs_endpoint_url)
+        s3 = boto3.client("s3", region_name=region, endpoint_url=settings.s3_endpoint_url or default_endpoint_url())
+        return cls(queue_url, client=client, s3_client=s3)
+
     def __init__(self, queue_url: str, *, client: Any = None, s3_client: Any = None, endpoint_url: str | None = None,
                  visibility_timeout_s: int | None = None, read_object_metadata: bool = True) -> None:
         self.queue_url = queue_url
-        endpoint_url = endpoint_url or (os.environ.get("RTS_SQS_ENDPOINT_URL") or None)
-        self.client = client or boto3.client("sqs", endpoint_url=endpoint_url)
+        self.client = client or boto3.client("sqs", endpoint_url=endpoint_url, region_name=region_of(queue_url))
         self._s3_client = s3_client
         self.visibility_timeout_s = visibility_timeout_s
         self.read_object_metadata = read_object_metadata
@@ -97,8 +118,6 @@ class SqsEventSource(EventSource):
     @property
     def s3_client(self) -> Any:
         if self._s3_client is None:
-            from services.storage.s3 import default_endpoint_url
-
             self._s3_client = boto3.client("s3", endpoint_url=default_endpoint_url())
         return self._s3_client
 

@@ -1,157 +1,138 @@
-"""The retraining listener: storage / Pub/Sub events in, one Ray Job per burst of events out.
+"""The retraining listener: storage / Pub/Sub events in, one Ray Job per model per burst of events out.
 
 Usage::
 
-    python -m services.retraining.listener --source local     # what `make up` runs
-    python -m services.retraining.listener --source sqs --queue-url URL
-    python -m services.retraining.listener --source pubsub --subscription projects/P/subscriptions/S
+    rts listen                                            # the local folder source, what `make up` runs
+    rts listen --source sqs --queue-url URL [--region R]
+    rts listen --source pubsub --subscription projects/P/subscriptions/S
 
 Semantics:
 
 - at least once in, once acted on: an event is acknowledged only after the run it joined has
   been recorded; redelivered events whose id is already recorded are acknowledged and skipped;
-- debounce: events that arrive within ``--debounce`` seconds of each other make one run
-  (capped at ``--max-wait`` seconds from the first);
+- debounce: events that arrive within ``debounce_s`` of each other make one run per model
+  (capped at ``max_wait_s`` from the first);
 - a crashed listener loses nothing: unacknowledged events come back (SQS visibility timeout,
   Pub/Sub ack deadline, the local watcher re-lists the folder on start), and the run itself
-  picks up every file in ``incoming/``, not only the ones named in events.
+  picks up every file in the model's ``incoming/``, not only the ones named in events.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
 import time
-from typing import Any, Callable
+from typing import Callable, Mapping
 
-from services.common.settings import get_settings
-from services.retraining.dataset import DATASET, INCOMING, REQUESTS, SUFFIXES
+from services.events.base import CloudEvent, EventSource, ReceivedEvent, open_source
+from services.modelkit import ModelPackage
+from services.modelkit.discovery import load_models
+from services.registry.records import Records
 from services.retraining.jobs import submit_run, wait_for_run
-from services.retraining.records import Records
-from services.storage import open_store
+from services.retraining.requests import model_of
+from services.settings import Settings
+from services.storage import data_store
 
 log = logging.getLogger("retraining.listener")
 
-OBJECT_CREATED = "rts.object.created"
-RETRAIN_REQUESTED = "rts.retrain.requested"
-
-
-def event_dict(received: Any) -> dict:
-    event = getattr(received, "event", received)
-    return event.model_dump(mode="json") if hasattr(event, "model_dump") else dict(event)
-
-
-def triggers_retraining(event: dict) -> bool:
-    if event.get("type") == RETRAIN_REQUESTED:
-        return True
-    if event.get("type") == OBJECT_CREATED:
-        key = (event.get("data") or {}).get("key", "")
-        name = key.rsplit("/", 1)[-1]
-        if name.startswith("."):
-            return False
-        return (INCOMING in key and key.endswith(SUFFIXES)) or (REQUESTS in key and key.endswith(".json"))
-    return False
+Submit = Callable[[str, list[CloudEvent]], str]  # (model, events) -> run id
+Wait = Callable[[str], dict]  # run id -> run record
 
 
 class RetrainingListener:
-    def __init__(self, source: Any, records: Records, *, debounce_s: float = 3.0, max_wait_s: float = 30.0,
-                 submit: Callable[[list[dict]], str] = submit_run,
-                 wait: Callable[[str], dict] = wait_for_run) -> None:
-        self.source, self.records = source, records
-        self.debounce_s, self.max_wait_s = debounce_s, max_wait_s
+    def __init__(self, source: EventSource, records: Records, models: Mapping[str, ModelPackage], *,
+                 submit: Submit, wait: Wait, debounce_s: float = 3.0, max_wait_s: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.source, self.records, self.models = source, records, models
         self.submit, self.wait = submit, wait
-        self.pending: list[Any] = []
+        self.debounce_s, self.max_wait_s = debounce_s, max_wait_s
+        self.clock = clock
+        self.pending: dict[str, list[ReceivedEvent]] = {}
         self.first_at = self.last_at = 0.0
         self.stopping = False
 
-    def poll_once(self, receive_timeout_s: float = 1.0) -> dict | None:
-        """Receive what is there; start a run when a burst is over. Returns the run record, if any."""
+    def poll_once(self, receive_timeout_s: float = 1.0) -> list[dict]:
+        """Receive what is there; start runs when a burst is over. Returns the records of runs it waited for."""
         for received in self.source.receive(max_events=100, timeout_s=receive_timeout_s):
-            event = event_dict(received)
-            if not triggers_retraining(event):
-                self.source.ack(received)
-                continue
-            if self.records.is_processed(event["id"]):
-                log.info("event %s was already acted on; acknowledging", event["id"])
-                self.source.ack(received)
-                continue
-            if any(event_dict(p)["id"] == event["id"] for p in self.pending):
-                continue  # redelivered while waiting in the burst
-            now = time.monotonic()
-            if not self.pending:
-                self.first_at = now
-            self.pending.append(received)
-            self.last_at = now
-            log.info("event %s %s (%d pending)", event["type"], (event.get("data") or {}).get("key", ""),
-                     len(self.pending))
+            self._accept(received)
         if not self.pending:
-            return None
-        now = time.monotonic()
+            return []
+        now = self.clock()
         if now - self.last_at < self.debounce_s and now - self.first_at < self.max_wait_s:
-            return None
+            return []
         return self.run_pending()
 
-    def run_pending(self) -> dict:
-        batch, self.pending = self.pending, []
-        events = [event_dict(r) for r in batch]
-        run_id = self.submit(events)
-        log.info("submitted run %s for %d events", run_id, len(events))
-        record = self.wait(run_id)
-        log.info("run %s: %s %s", run_id, record.get("outcome"), record.get("reason") or "")
-        if record.get("outcome") == "lost":
-            # No record: do not acknowledge, the events come back and start another run.
-            log.error("run %s left no record (%s); events stay unacknowledged", run_id, record.get("reason"))
-            return record
-        for received, event in zip(batch, events):
-            self.records.mark_processed(event["id"], run_id)
+    def _accept(self, received: ReceivedEvent) -> None:
+        event = received.event
+        model = model_of(event, self.models)
+        if model is None:
+            self.source.ack(received)  # not ours to act on: the run's own moves, reports, other prefixes
+            return
+        if self.records.is_processed(event.id):
+            log.info("event %s was already acted on; acknowledging", event.id)
             self.source.ack(received)
-        return record
+            return
+        waiting = self.pending.get(model, [])
+        for i, earlier in enumerate(waiting):
+            if earlier.event.id == event.id:
+                # Redelivered while waiting in the burst: keep the newest delivery, whose receipt handle /
+                # ack id is the one the queue still honours.
+                waiting[i] = received
+                return
+        now = self.clock()
+        if not self.pending:
+            self.first_at = now
+        self.pending.setdefault(model, []).append(received)
+        self.last_at = now
+        log.info("event %s %s for %s (%d pending)", event.type, event.data.get("key", ""), model,
+                 sum(len(v) for v in self.pending.values()))
+
+    def run_pending(self) -> list[dict]:
+        batches, self.pending = self.pending, {}
+        records = []
+        for model, batch in batches.items():
+            events = [r.event for r in batch]
+            try:
+                run_id = self.submit(model, events)
+                log.info("submitted run %s of %s for %d events", run_id, model, len(events))
+                record = self.wait(run_id)
+            except Exception:  # the Jobs API is away, say: these events stay unacknowledged and come back
+                log.exception("could not run %s for %d events; they stay unacknowledged", model, len(events))
+                continue
+            log.info("run %s: %s %s", run_id, record.get("outcome"), record.get("reason") or "")
+            records.append(record)
+            if record.get("outcome") == "lost":
+                # No record: do not acknowledge; the events come back and start another run.
+                log.error("run %s left no record (%s); its events stay unacknowledged", run_id, record.get("reason"))
+                continue
+            for received in batch:
+                self.records.mark_processed(received.event.id, run_id)
+                self.source.ack(received)
+        return records
 
     def run_forever(self) -> None:
-        while not self.stopping:
-            self.poll_once()
-        self.source.close()
+        try:
+            while not self.stopping:
+                self.poll_once()
+        finally:
+            self.source.close()
 
 
-def make_source(args: argparse.Namespace, settings) -> Any:
-    if args.source == "local":
-        from services.events.local import LocalFolderSource
+def listen(settings: Settings) -> None:
+    """Run the listener of these settings until SIGINT or SIGTERM."""
+    models = load_models(settings)
+    store = data_store(settings)
+    listener = RetrainingListener(
+        open_source(settings), Records(store), models,
+        submit=lambda model, events: submit_run(settings, model, events),
+        wait=lambda run_id: wait_for_run(settings, run_id),
+        debounce_s=settings.listener.debounce_s, max_wait_s=settings.listener.max_wait_s)
 
-        store = open_store(settings.data_uri)
-        return LocalFolderSource(store.triton_repository_uri(), prefix=f"{DATASET}/")
-    if args.source == "sqs":
-        from services.events.sqs import SqsEventSource
-
-        return SqsEventSource(args.queue_url)
-    if args.source == "pubsub":
-        from services.events.pubsub import PubSubEventSource
-
-        return PubSubEventSource(args.subscription)
-    raise SystemExit(f"unknown source {args.source}")
-
-
-def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    parser = argparse.ArgumentParser(description="retraining listener")
-    parser.add_argument("--source", choices=["local", "sqs", "pubsub"], default="local")
-    parser.add_argument("--queue-url")
-    parser.add_argument("--subscription")
-    parser.add_argument("--debounce", type=float, default=3.0)
-    parser.add_argument("--max-wait", type=float, default=30.0)
-    args = parser.parse_args(argv)
-    settings = get_settings()
-    listener = RetrainingListener(make_source(args, settings), Records(open_store(settings.data_uri)),
-                                  debounce_s=args.debounce, max_wait_s=args.max_wait)
-
-    def stop(signum, frame):
+    def stop(signum, frame) -> None:
         listener.stopping = True
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    log.info("listening (%s) for new data under %s%s", args.source, settings.data_uri, f"/{INCOMING}")
+    log.info("listening (%s) for new data of %s under %s/datasets/", settings.listener.source, sorted(models),
+             settings.data_uri)
     listener.run_forever()
-
-
-if __name__ == "__main__":
-    main()

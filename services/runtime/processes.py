@@ -1,13 +1,25 @@
-"""Start and stop the child processes this project owns, and only those.
+"""Start and stop the child processes this project owns, and only those: one lifecycle for every
+launcher (Triton, the Ray head, the listener) and every test server (SeaweedFS, emulators).
 
-Each child runs in its own process group; stopping sends SIGTERM to that group, waits, then
-SIGKILL. Nothing is ever stopped by name.
+Usage::
+
+    class Weed(ManagedProcess):
+        what = "SeaweedFS"
+        def argv(self): return ["weed", "mini", ...]
+        def ready(self): return port_open(self.port)
+
+    with Weed(log_file=tmp / "weed.log") as weed:      # started, and ready; stopped on exit
+        ...
+
+Each child runs in its own session and process group; stopping sends SIGTERM to that group and
+every process of that session, waits, then SIGKILL. Nothing is ever stopped by name.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -104,3 +116,80 @@ def _tail(log_file: Path | None, lines: int = 30) -> str:
         return ""
     text = log_file.read_text(errors="replace").splitlines()[-lines:]
     return f"; last lines of {log_file}:\n" + "\n".join(text)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class ManagedProcess:
+    """A child process: started in a session of its own, waited for until ``ready()``, stopped with its session.
+
+    Subclasses give ``argv()`` and ``ready()``, and may override ``environment()`` and ``prepare()``
+    (folders, files the process needs). A start that fails or times out stops what it started
+    and raises with the tail of the log.
+    """
+
+    what = "process"
+    startup_timeout_s = 60.0
+    ready_interval_s = 0.25
+    stop_timeout_s = 15.0
+
+    def __init__(self, log_file: Path, cwd: Path | None = None) -> None:
+        self.log_file = Path(log_file)
+        self.cwd = cwd
+        self.proc: subprocess.Popen | None = None
+
+    def argv(self) -> list[str]:
+        raise NotImplementedError
+
+    def environment(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    def ready(self) -> bool:
+        """True once the process serves; may raise StartupFailed when waiting cannot help."""
+        return True
+
+    def prepare(self) -> None:
+        """Before the start: make folders, clear old state."""
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, timeout_s: float | None = None):
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        self.prepare()
+        self.proc = start_process(self.argv(), env=self.environment(), log_file=self.log_file, cwd=self.cwd)
+        try:
+            wait_until(self.ready, timeout_s=timeout_s or self.startup_timeout_s, what=self.what, proc=self.proc,
+                       log_file=self.log_file, interval_s=self.ready_interval_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, timeout_s=self.stop_timeout_s)
+            self.proc = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -15,14 +15,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import urllib.request
 from pathlib import Path
 
-from services.common.settings import Settings
-from services.runtime.processes import StartupFailed, start_process, stop_process, wait_until
+from services.runtime.processes import ManagedProcess, StartupFailed, free_port, wait_until
+from services.settings import Settings
 
 def serve_fast_path_env(temp_dir: Path, haproxy: bool) -> dict[str, str]:
     """Documented Serve settings that cut the per-hop cost on small machines (loadtests/README.md).
@@ -48,25 +47,23 @@ def serve_fast_path_env(temp_dir: Path, haproxy: bool) -> dict[str, str]:
     return env
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class RayHead(ManagedProcess):
+    what = "Ray head"
+    startup_timeout_s = 90.0
+    ready_interval_s = 0.5
+    stop_timeout_s = 10.0
 
-
-class RayHead:
     def __init__(self, settings: Settings, *, gcs_port: int | None = None, dashboard_port: int | None = None,
                  temp_dir: Path | None = None, log_file: Path | None = None, env: dict[str, str] | None = None,
                  num_cpus: int | None = None) -> None:
+        super().__init__(log_file or settings.var_dir / "run" / "ray-head.log")
         self.settings = settings
-        self.gcs_port = gcs_port or settings.ray_gcs_port
-        self.dashboard_port = dashboard_port or settings.ray_dashboard_port
-        self.temp_dir = temp_dir or settings.ray_temp_dir
-        self.log_file = log_file or settings.var_dir / "run" / "ray-head.log"
+        self.gcs_port = gcs_port or settings.ray.gcs_port
+        self.dashboard_port = dashboard_port or settings.ray.dashboard_port
+        self.temp_dir = temp_dir or settings.ray.temp_dir
         self.num_cpus = num_cpus or os.cpu_count() or 2
-        self.extra_env = {**(serve_fast_path_env(self.temp_dir, settings.serve_haproxy)
-                             if settings.serve_fast_path else {}), **(env or {})}
-        self.proc: subprocess.Popen | None = None
+        self.extra_env = {**(serve_fast_path_env(self.temp_dir, settings.serve.haproxy)
+                             if settings.serve.fast_path else {}), **(env or {})}
 
     @property
     def address(self) -> str:
@@ -77,7 +74,7 @@ class RayHead:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
     def environment(self) -> dict[str, str]:
-        env = dict(os.environ)
+        env = super().environment()
         env.update({
             "RAY_AUTH_MODE": "disabled",  # local loopback cluster; ray.init() would otherwise create a token
             "RAY_USAGE_STATS_ENABLED": "0",
@@ -91,7 +88,7 @@ class RayHead:
         if any(k.startswith("OTEL_EXPORTER_OTLP") for k in env) and env.get("OTEL_SDK_DISABLED") != "true":
             # Serve's own proxy/replica spans, exported with the same OTLP settings as ours.
             env.setdefault("RAY_SERVE_TRACING_EXPORTER_IMPORT_PATH",
-                           "services.observability.tracing:serve_span_processors")
+                           "services.telemetry.tracing:serve_span_processors")
             env.setdefault("RAY_SERVE_TRACING_SAMPLING_RATIO", "1.0")
             env.setdefault("OTEL_SERVICE_NAME", "rts-serve")
         return env
@@ -109,19 +106,13 @@ class RayHead:
             f"--object-store-memory={512 * 1024 * 1024}",
         ]
 
-    def start(self, timeout_s: float = 90.0) -> "RayHead":
+    def prepare(self) -> None:
         if self.temp_dir.exists():
             shutil.rmtree(self.temp_dir, ignore_errors=True)
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
         self.log_file.unlink(missing_ok=True)
-        self.proc = start_process(self.argv(), env=self.environment(), log_file=self.log_file)
-        try:
-            wait_until(self.dashboard_ready, timeout_s=timeout_s, what="Ray head", proc=self.proc,
-                       log_file=self.log_file, interval_s=0.5)
-        except BaseException:
-            self.stop()
-            raise
-        return self
+
+    def ready(self) -> bool:
+        return self.dashboard_ready()
 
     def dashboard_ready(self) -> bool:
         with urllib.request.urlopen(f"{self.dashboard_url}/api/serve/applications/", timeout=2) as resp:
@@ -147,14 +138,3 @@ class RayHead:
         if failed:
             raise StartupFailed(f"Serve deployment failed: {failed}")
         return bool(apps) and all(a.get("status") == "RUNNING" for a in apps.values())
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc, timeout_s=10)
-            self.proc = None
-
-    def __enter__(self) -> "RayHead":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()

@@ -2,33 +2,30 @@
 
 Usage::
 
-    with TritonServer(repository="/abs/path/or/s3://...", settings=get_settings()) as triton:
+    with TritonServer(repository="/abs/path/or/s3://...", settings=get_settings(), load_models=("churn",)) as triton:
         triton.grpc_url  # grpc://127.0.0.1:8101
 
-Explicit model control: the server starts with the models named in ``load_models`` and loads or
-unloads others only when asked (``/v2/repository/models/<name>/load``). For production, point
-``RTS_TRITON_URL`` at a Triton from the NGC image instead and do not start this.
+Explicit model control: the server starts with the models named in ``load_models`` (each model's
+ensemble; Triton loads its members with it) and loads or unloads others only when asked. For
+production, point ``RTS_TRITON_URL`` at a Triton from the NGC image instead and do not start this.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 import sysconfig
-import urllib.request
 from pathlib import Path
 
-from services.common.settings import Settings
-from services.runtime.processes import start_process, stop_process, wait_until
+import pytriton
+
+from services.runtime.processes import ManagedProcess
+from services.settings import Settings
+from services.triton.client import TritonClient
 
 
 def pytriton_root() -> Path:
-    try:
-        import pytriton
-    except ImportError as exc:  # pragma: no cover - the venv always has it
-        raise RuntimeError("nvidia-pytriton is not installed; run `make venv`") from exc
     return Path(pytriton.__file__).parent / "tritonserver"
 
 
@@ -46,20 +43,23 @@ def prepare_backends(target: Path) -> Path:
     return target
 
 
-class TritonServer:
-    def __init__(self, repository: str | Path, settings: Settings, *, work_dir: Path | None = None,
-                 load_models: tuple[str, ...] = ("digits",), extra_args: tuple[str, ...] = (),
+class TritonServer(ManagedProcess):
+    what = "tritonserver"
+
+    def __init__(self, repository: str | Path, settings: Settings, *, load_models: tuple[str, ...],
+                 work_dir: Path | None = None, extra_args: tuple[str, ...] = (),
                  env: dict[str, str] | None = None) -> None:
+        self.work_dir = work_dir or settings.var_dir / "run" / "triton"
+        super().__init__(self.work_dir / "tritonserver.log")
         self.repository = str(repository)
         self.settings = settings
-        self.work_dir = work_dir or settings.var_dir / "run" / "triton"
         self.load_models = load_models
         self.extra_args = extra_args
         self.extra_env = env or {}
-        self.host = settings.triton_host
-        self.http_port, self.grpc_port, self.metrics_port = (
-            settings.triton_http_port, settings.triton_grpc_port, settings.triton_metrics_port)
-        self.proc: subprocess.Popen | None = None
+        triton = settings.triton
+        self.host, self.http_port, self.grpc_port, self.metrics_port = (
+            triton.host, triton.http_port, triton.grpc_port, triton.metrics_port)
+        self.client = TritonClient(self.grpc_url)
 
     @property
     def http_url(self) -> str:
@@ -70,14 +70,18 @@ class TritonServer:
         return f"grpc://{self.host}:{self.grpc_port}"
 
     @property
-    def log_file(self) -> Path:
-        return self.work_dir / "tritonserver.log"
+    def backends(self) -> Path:
+        return self.work_dir / "backends"
 
-    def argv(self, backends: Path) -> list[str]:
+    def prepare(self) -> None:
+        prepare_backends(self.backends)
+        self.log_file.unlink(missing_ok=True)
+
+    def argv(self) -> list[str]:
         args = [
             str(pytriton_root() / "bin" / "tritonserver"),
             f"--model-repository={self.repository}",
-            f"--backend-directory={backends}",
+            f"--backend-directory={self.backends}",
             "--model-control-mode=explicit",
             *(f"--load-model={m}" for m in self.load_models),
             f"--http-address={self.host}", f"--http-port={self.http_port}",
@@ -86,10 +90,10 @@ class TritonServer:
             "--allow-metrics=true", "--allow-gpu-metrics=false", "--allow-cpu-metrics=true",
             "--strict-readiness=true", "--exit-timeout-secs=10", "--log-verbose=0",
         ]
-        if self.settings.triton_model_config_name:
-            args.append(f"--model-config-name={self.settings.triton_model_config_name}")
-        if self.settings.triton_response_cache_mb > 0:
-            args.append(f"--cache-config=local,size={self.settings.triton_response_cache_mb * 1024 * 1024}")
+        if self.settings.triton.model_config_name:
+            args.append(f"--model-config-name={self.settings.triton.model_config_name}")
+        if self.settings.triton.response_cache_mb > 0:
+            args.append(f"--cache-config=local,size={self.settings.triton.response_cache_mb * 1024 * 1024}")
         return [*args, *self.extra_args]
 
     def environment(self) -> dict[str, str]:
@@ -104,33 +108,9 @@ class TritonServer:
         env.update(self.extra_env)
         return env
 
-    def start(self, timeout_s: float = 60.0) -> "TritonServer":
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        backends = prepare_backends(self.work_dir / "backends")
-        self.log_file.unlink(missing_ok=True)
-        self.proc = start_process(self.argv(backends), env=self.environment(), log_file=self.log_file)
-        try:
-            wait_until(self.is_ready, timeout_s=timeout_s, what="tritonserver", proc=self.proc,
-                       log_file=self.log_file)
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def is_ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.http_url}/v2/health/ready", timeout=1) as resp:
-                return resp.status == 200
-        except OSError:
-            return False
+    def ready(self) -> bool:
+        return self.client.server_ready()
 
     def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
-            self.proc = None
-
-    def __enter__(self) -> "TritonServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+        self.client.close()
+        super().stop()

@@ -4,8 +4,8 @@ Usage::
 
     from services.storage import open_store
     store = open_store("s3://bucket/prefix")          # or file:///abs/path, gs://bucket/prefix
-    store.put_bytes("datasets/digits/incoming/a.npz", data, metadata={"traceparent": "..."})
-    for obj in store.list("datasets/digits/incoming/"):
+    store.put_bytes("datasets/churn/incoming/a.csv", data, metadata={"traceparent": "..."})
+    for obj in store.list("datasets/churn/incoming/"):
         print(obj.key, obj.size, obj.etag)
 
 Keys are relative to the store's root (bucket + prefix), use "/" and never start with "/".
@@ -97,8 +97,11 @@ def register_store(scheme: str) -> Callable[[type[ObjectStore]], type[ObjectStor
     return decorator
 
 
-def open_store(uri: str, **options) -> ObjectStore:
+def open_store(uri: str, *, s3_endpoint_url: str | None = None, **options) -> ObjectStore:
+    """The store for `uri`; `s3_endpoint_url` points s3:// URIs at an S3-compatible server (ignored otherwise)."""
     scheme = urlparse(uri).scheme or "file"
+    if scheme == "s3" and s3_endpoint_url:
+        options.setdefault("endpoint_url", s3_endpoint_url)
     if scheme not in _REGISTRY and scheme in _BACKEND_MODULES:
         importlib.import_module(_BACKEND_MODULES[scheme])
     try:

@@ -4,7 +4,7 @@ Usage::
 
     from services.storage import open_store
     store = open_store("gs://rts-data/prod")
-    store.put_bytes("datasets/digits/incoming/a.npz", data, metadata={"traceparent": "00-..."})
+    store.put_bytes("datasets/churn/incoming/a.csv", data, metadata={"traceparent": "00-..."})
 
 Configuration:
 

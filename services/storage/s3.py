@@ -10,8 +10,8 @@ Usage::
 
 Configuration:
 
-- ``endpoint_url``: constructor argument, else ``RTS_S3_ENDPOINT_URL``, else ``AWS_ENDPOINT_URL_S3`` /
-  ``AWS_ENDPOINT_URL``; unset means AWS itself.
+- ``endpoint_url``: constructor argument (``open_store(uri, s3_endpoint_url=...)``; the platform passes
+  ``RTS_S3_ENDPOINT_URL``), else ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``; unset means AWS itself.
 - Credentials and region: boto3's usual chain (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
   ``AWS_DEFAULT_REGION``, profiles, instance roles), or ``aws_access_key_id`` / ``aws_secret_access_key`` /
   ``region_name`` passed to the constructor. Triton reads the same ``AWS_*`` variables.
@@ -37,8 +37,8 @@ _MISSING = {"404", "NoSuchKey", "NotFound"}
 
 
 def default_endpoint_url() -> str | None:
-    return (os.environ.get("RTS_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
-            or os.environ.get("AWS_ENDPOINT_URL") or None)
+    """boto3's own variables for a custom endpoint (it reads them too; Triton's S3 URI needs the value)."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
 def _is_missing(exc: ClientError) -> bool:

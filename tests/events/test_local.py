@@ -10,7 +10,7 @@ import pytest
 
 from services.events import OBJECT_CREATED
 from services.events.local import LocalFolderSource
-from services.events.tracecontext import trace_carrier
+from services.telemetry.propagation import trace_carrier
 from services.storage import open_store
 from tests.events.helpers import producer_span
 

@@ -13,7 +13,8 @@ from google.cloud import pubsub_v1, storage
 
 from services.events import OBJECT_CREATED, RETRAIN_REQUESTED
 from services.events.pubsub import PubSubEventSource
-from services.events.tracecontext import publish_retrain_request, trace_carrier
+from services.retraining.requests import publish_retrain_request
+from services.telemetry.propagation import trace_carrier
 from tests.events.helpers import producer_span, receive_until
 from tests.servers.fixtures import GCP_PROJECT, GCS_TOPIC
 
@@ -61,7 +62,7 @@ def test_gcs_upload_becomes_object_created_with_trace_context(gcs_subscription):
 def test_plain_message_on_retrain_topic_becomes_retrain_requested(retrain_topic):
     topic, subscription = retrain_topic
     with producer_span("ask") as traceparent:
-        message_id = publish_retrain_request(topic, {"reason": "drift", "model": "digits"})
+        message_id = publish_retrain_request(topic, "digits", "drift")
     with PubSubEventSource(subscription) as source:
         [received] = receive_until(source, lambda r: True, timeout_s=20)
         assert received.event.type == RETRAIN_REQUESTED
@@ -91,7 +92,7 @@ def test_unacked_message_is_redelivered(retrain_topic):
     Leases here are 10 s (the minimum) and stop being renewed after 10 s, so this takes about 20 s.
     """
     topic, subscription = retrain_topic
-    publish_retrain_request(topic, {"reason": "redelivery"})
+    publish_retrain_request(topic, "digits", "redelivery")
     with PubSubEventSource(subscription, max_lease_s=10, lease_extension_s=10) as source:
         [first] = receive_until(source, lambda r: True, timeout_s=20)
         [again] = receive_until(source, lambda r: True, timeout_s=40)
@@ -109,7 +110,7 @@ def test_close_hands_back_unacked_messages_at_once(retrain_topic):
     consumer on the same subscription would receive nothing. Real Pub/Sub has no such problem.
     """
     topic, subscription = retrain_topic
-    message_id = publish_retrain_request(topic, {"reason": "deploy"})
+    message_id = publish_retrain_request(topic, "digits", "deploy")
     source = PubSubEventSource(subscription)
     [first] = receive_until(source, lambda r: True, timeout_s=20)
     assert first.event.id == message_id

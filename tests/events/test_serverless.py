@@ -1,4 +1,5 @@
-"""Lambda and Cloud Functions adapters, fed the real event bodies the emulators produce.
+"""Lambda and Cloud Functions adapters (services.retraining.serverless), fed the real event bodies the
+emulators produce.
 
 moto's S3 -> SQS notification body becomes the Lambda event (direct S3 trigger and SQS trigger
 shapes); fake-gcs-server's Pub/Sub notification becomes the Eventarc CloudEvents a Cloud Function
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import shlex
 import time
 import uuid
 
@@ -17,8 +17,14 @@ import pytest
 from google.cloud import pubsub_v1, storage
 
 from services.events import OBJECT_CREATED, RETRAIN_REQUESTED
-from services.events.serverless import GCS_FINALIZED, PUBSUB_PUBLISHED, cloud_event_handler, lambda_handler
-from services.events.tracecontext import trace_carrier
+from services.events.serverless import GCS_FINALIZED, PUBSUB_PUBLISHED
+from services.registry.records import Records
+from services.retraining import jobs
+from services.retraining.requests import RunRequest
+from services.retraining.serverless import cloud_event_handler, lambda_handler
+from services.settings import get_settings
+from services.storage import data_store
+from services.telemetry.propagation import trace_carrier
 from tests.events.helpers import producer_span
 from tests.servers.fixtures import GCP_PROJECT, GCS_TOPIC
 
@@ -32,8 +38,10 @@ class Recorder:
 
     def __init__(self) -> None:
         self.calls: list[list] = []
+        self.models: list[str] = []
 
-    def __call__(self, events) -> str:
+    def __call__(self, model, events) -> str:
+        self.models.append(model)
         self.calls.append(events)
         return f"run-{len(self.calls)}"
 
@@ -100,7 +108,7 @@ def test_lambda_with_a_direct_s3_trigger(s3_notification):
     submit = Recorder()
     result = lambda_handler(event, None, submit_retraining=submit)
     [[cloud_event]] = submit.calls
-    assert result["run_id"] == "run-1"
+    assert result["runs"] == {"digits": "run-1"} and submit.models == ["digits"]
     assert cloud_event.type == OBJECT_CREATED
     assert cloud_event.data["key"] == KEY  # URL-decoded
     assert cloud_event.data["etag"] == s3_notification["etag"]
@@ -126,8 +134,8 @@ def test_lambda_ignores_objects_that_are_not_new_data(s3_notification):
     body["Records"][0]["s3"]["object"]["key"] = "model_repository/digits/3/model.onnx"  # a run's own output
     submit = Recorder()
     result = lambda_handler(body, None, submit_retraining=submit)
-    assert submit.calls == [] and result["run_id"] is None and len(result["skipped"]) == 1
-    assert lambda_handler({"Records": []}, None, submit_retraining=submit)["run_id"] is None
+    assert submit.calls == [] and result["runs"] == {} and len(result["skipped"]) == 1
+    assert lambda_handler({"Records": []}, None, submit_retraining=submit)["runs"] == {}
 
 
 def test_cloud_function_for_gcs_finalized(gcs_notification):
@@ -140,7 +148,7 @@ def test_cloud_function_for_gcs_finalized(gcs_notification):
     submit = Recorder()
     result = cloud_event_handler(cloud_event, submit_retraining=submit)
     [[event]] = submit.calls
-    assert result["run_id"] == "run-1"
+    assert result["runs"] == {"digits": "run-1"}
     assert event.type == OBJECT_CREATED
     assert (event.data["bucket"], event.data["key"]) == (bucket, KEY)
     assert event.data["generation"] == gcs_notification["generation"]
@@ -167,9 +175,7 @@ def test_cloud_function_for_pubsub_messages(gcs_notification):
     assert retrain.data == {"reason": "weekly", "model": "digits"}
 
 
-def test_default_submitter_starts_a_ray_job(s3_notification, monkeypatch):
-    import ray.job_submission
-
+def test_default_submitter_starts_a_ray_job(s3_notification, monkeypatch, tmp_path):
     submitted = {}
 
     class FakeJobClient:
@@ -180,13 +186,20 @@ def test_default_submitter_starts_a_ray_job(s3_notification, monkeypatch):
             submitted.update(kwargs)
             return kwargs["submission_id"]
 
-    monkeypatch.setattr(ray.job_submission, "JobSubmissionClient", FakeJobClient)
+    monkeypatch.setattr(jobs, "JobSubmissionClient", FakeJobClient)
     monkeypatch.setenv("RTS_RAY_DASHBOARD_URL", "http://ray-head.example:8265")
-    result = lambda_handler({"Records": json.loads(s3_notification["body"])["Records"]}, None)
-    assert submitted["address"] == "http://ray-head.example:8265"
-    assert submitted["submission_id"] == result["run_id"]
-    assert submitted["entrypoint"].startswith("python -m services.retraining.run ")
-    argv = shlex.split(submitted["entrypoint"])
-    events = json.loads(argv[argv.index("--events-json") + 1])
-    assert [e["id"] for e in events] == result["events"]
-    assert events[0]["data"]["key"] == KEY
+    monkeypatch.setenv("RTS_VAR_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    try:
+        result = lambda_handler({"Records": json.loads(s3_notification["body"])["Records"]}, None)
+        run_id = result["runs"]["digits"]
+        assert submitted["address"] == "http://ray-head.example:8265"
+        assert submitted["submission_id"] == run_id
+        assert submitted["entrypoint"] == f"python -m services.retraining.run --run-id {run_id}"
+        assert submitted["runtime_env"]["env_vars"]["RTS_VAR_DIR"] == str(tmp_path)
+        # The events reach the run typed, through the data bucket, not through a command line.
+        request = RunRequest.model_validate(Records(data_store(get_settings())).request(run_id))
+        assert request.model == "digits" and [e.id for e in request.events] == result["events"]
+        assert request.events[0].data["key"] == KEY
+    finally:
+        get_settings.cache_clear()

@@ -9,7 +9,8 @@ import pytest
 
 from services.events import OBJECT_CREATED, RETRAIN_REQUESTED
 from services.events.sqs import SqsEventSource
-from services.events.tracecontext import send_retrain_request_sqs, trace_carrier
+from services.retraining.requests import send_retrain_request_sqs
+from services.telemetry.propagation import trace_carrier
 from tests.events.helpers import producer_span, receive_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -58,7 +59,7 @@ def test_s3_put_becomes_object_created_with_trace_context(moto_server, bucket_qu
 def test_retrain_request_over_sqs_carries_trace_context_in_attributes(moto_server, bucket_queue):
     _, url = bucket_queue
     with producer_span("ask") as traceparent:
-        message_id = send_retrain_request_sqs(url, {"reason": "drift", "model": "digits"},
+        message_id = send_retrain_request_sqs(url, "digits", "drift",
                                               client=moto_server.client("sqs"))
     with make_source(moto_server, url) as source:
         [received] = receive_until(source, lambda r: True, timeout_s=15)

@@ -2,19 +2,26 @@
 
 Everything is started by `services.runtime.stack.Stack`, the same code `make up` runs, and
 stopped (process groups and sessions we created, nothing else) even when tests fail.
+
+The stack serves the bundled models and a third one a user brings: ``tests/third_model/iris_pkg``
+copied into a temporary folder under a name of its own, put on the Python path and in
+``RTS_MODELS``, with no platform edit (``test_third_model.py``).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
-from services.common.settings import Settings
-from services.observability.otlp_receiver import OtlpReceiver
-from services.runtime.ray_cluster import free_port
+from services.modelkit.discovery import bundled_packages
+from services.settings import REPO_ROOT, Settings
+from services.telemetry.otlp_receiver import OtlpReceiver
+from services.runtime.processes import free_port
 from services.runtime.stack import Stack
 # Real S3/SQS, GCS and Pub/Sub servers for the cloud event paths (imported: pytest_plugins is root-only).
 from tests.servers.fixtures import fake_gcs, moto_server, pubsub_emulator  # noqa: F401
@@ -35,17 +42,36 @@ def otlp():
                 os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
+THIRD_MODEL = "acme_iris"
+
+
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory, otlp) -> Stack:
+def third_model(tmp_path_factory):
+    """The import path of a model package that lives outside this repository, as a user's would."""
+    root = tmp_path_factory.mktemp("user_packages")
+    shutil.copytree(REPO_ROOT / "tests" / "third_model" / "iris_pkg", root / THIRD_MODEL)
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), saved) if p)  # Ray workers, jobs, the CLI
+    sys.path.insert(0, str(root))
+    try:
+        yield THIRD_MODEL
+    finally:
+        sys.path.remove(str(root))
+        os.environ.pop("PYTHONPATH") if saved is None else os.environ.__setitem__("PYTHONPATH", saved)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory, otlp, third_model) -> Stack:
     var_dir = tmp_path_factory.mktemp("var")
     settings = Settings(
         var_dir=var_dir,
-        triton_http_port=free_port(), triton_grpc_port=free_port(), triton_metrics_port=free_port(),
-        ray_gcs_port=free_port(), ray_dashboard_port=free_port(), serve_http_port=free_port(),
-        ray_temp_dir=Path(f"/tmp/rts-test-{os.getpid()}"),
-        max_body_bytes=2 * 1024 * 1024, max_batch_items=64, max_image_pixels=4_000_000,
+        models=[*bundled_packages(), third_model],
+        triton={"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()},
+        ray={"gcs_port": free_port(), "dashboard_port": free_port(), "temp_dir": Path(f"/tmp/rts-test-{os.getpid()}")},
+        serve={"http_port": free_port()},
+        limits={"max_body_bytes": 2 * 1024 * 1024, "max_batch_items": 64, "max_image_pixels": 4_000_000},
         # Tests start runs themselves; test_retraining_events runs its own listener.
-        retraining_listener=False,
+        listener={"enabled": False},
     )
     s = Stack(settings, say=lambda msg: print(f"[stack] {msg}", flush=True))
     s.start()

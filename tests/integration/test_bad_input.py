@@ -68,14 +68,14 @@ def test_error_names_the_bad_item_in_a_batch(gateway):
 
 
 def test_body_over_the_limit_is_413(gateway, stack):
-    too_big = b"\0" * (stack.settings.max_body_bytes + 1)
+    too_big = b"\0" * (stack.settings.limits.max_body_bytes + 1)
     r = gateway.post("/v1/predict", files=[("file", ("big.png", too_big, "image/png"))])
     assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
 
 
 def test_chunked_body_over_the_limit_is_413(gateway, stack):
     def chunks():
-        for _ in range(stack.settings.max_body_bytes // 65536 + 2):
+        for _ in range(stack.settings.limits.max_body_bytes // 65536 + 2):
             yield b"\0" * 65536
 
     r = gateway.post("/v2/models/digits/infer", content=chunks(), headers={"content-type": "application/json"})

@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from services.models.digits.train import load_split
+from services.models.digits.data import load_split
 
 pytestmark = pytest.mark.integration
 
@@ -24,7 +24,7 @@ def names(spans) -> set[str]:
 
 
 def test_one_request_is_one_trace_through_triton(gateway, otlp):
-    body = {"instances": [{"pixels": load_split().holdout_images[0].tolist()}]}
+    body = {"instances": [{"pixels": load_split().holdout.x[0].tolist()}]}
     r = gateway.post("/v1/predict", json=body, headers={"traceparent": f"00-{TRACE_ID}-{PARENT}-01"})
     assert r.status_code == 200
     assert r.headers["x-trace-id"] == TRACE_ID
@@ -60,7 +60,7 @@ def test_one_request_is_one_trace_through_triton(gateway, otlp):
 def test_every_traced_request_keeps_triton_in_its_trace(gateway, otlp):
     # Triton's gRPC frontend drops the incoming traceparent of a few % of requests (13 of 400 measured),
     # which is why traced requests go to Triton over HTTP; 40 requests would catch a regression ~70% of runs.
-    body = {"instances": [{"pixels": load_split().holdout_images[1].tolist()}]}
+    body = {"instances": [{"pixels": load_split().holdout.x[1].tolist()}]}
     trace_ids = [secrets.token_hex(16) for _ in range(40)]
     for trace_id in trace_ids:
         r = gateway.post("/v1/predict", json=body, headers={"traceparent": f"00-{trace_id}-{PARENT}-01"})
@@ -86,17 +86,18 @@ def test_metrics_endpoints_are_prometheus_text(stack, gateway):
     text = gateway.get("/metrics").text
     assert "rts_requests_total" in text and 'route="/v1/predict"' in text
     assert "rts_stage_seconds_bucket" in text
-    triton = httpx.get(f"http://127.0.0.1:{stack.settings.triton_metrics_port}/metrics").text
+    triton = httpx.get(f"http://127.0.0.1:{stack.settings.triton.metrics_port}/metrics").text
     assert "nv_inference_request_success" in text or "nv_inference_request_success" in triton
 
 
 def test_retraining_run_is_traced_from_the_request_that_started_it(stack, otlp):
     trace_id = "0af7651916cd43dd8448eb211c80319c"
-    token = stack.settings.admin_token.get_secret_value()
+    token = stack.settings.admin.token.get_secret_value()
     with httpx.Client(base_url=stack.gateway_url, timeout=60,
                       headers={"Authorization": f"Bearer {token}",
                                "traceparent": f"00-{trace_id}-b7ad6b7169203331-01"}) as admin:
-        run_id = admin.post("/admin/retrain", json={"reason": "traced"}).json()["run_id"]
+        # force: no new data, and a run must still train (and be traced) all the way
+        run_id = admin.post("/admin/models/digits/retrain", json={"reason": "traced", "force": True}).json()["run_id"]
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
             record = admin.get(f"/admin/runs/{run_id}").json()

@@ -5,7 +5,7 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from services.models.digits.train import load_split
+from services.models.digits.data import load_split
 from services.models.digits.samples import holdout_images
 
 pytestmark = pytest.mark.integration
@@ -27,7 +27,7 @@ def test_health_and_metadata(client):
 
 def test_infer_pixels_with_binary_tensors(client):
     split = load_split()
-    x = split.holdout_images[:16].astype(np.float32)
+    x = split.holdout.x[:16].astype(np.float32)
     inp = httpclient.InferInput("pixels", list(x.shape), "FP32")
     inp.set_data_from_numpy(x)
     result = client.infer("digits", [inp])
@@ -35,7 +35,7 @@ def test_infer_pixels_with_binary_tensors(client):
     probs = result.as_numpy("probabilities")
     assert labels.shape == (16,) and probs.shape == (16, 10)
     np.testing.assert_array_equal(labels, probs.argmax(axis=1))
-    assert (labels == split.holdout_labels[:16]).mean() >= 0.9
+    assert (labels == split.holdout.y[:16]).mean() >= 0.9
     assert result.get_response()["model_version"].isdigit()
 
 

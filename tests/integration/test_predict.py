@@ -4,7 +4,7 @@ import base64
 
 import numpy as np
 
-from services.models.digits.train import load_split
+from services.models.digits.data import load_split
 from services.models.digits.samples import holdout_images
 
 pytestmark = __import__("pytest").mark.integration
@@ -34,7 +34,7 @@ def test_held_out_digit_images_are_recognized(gateway):
 
 
 def test_response_names_model_version_and_request(gateway):
-    pixels = load_split().holdout_images[0]
+    pixels = load_split().holdout.x[0]
     r = gateway.post("/v1/predict?top_k=4", json={"instances": [{"pixels": pixels.tolist()}]},
                      headers={"X-Request-ID": "req-123"})
     body = r.json()
@@ -51,12 +51,12 @@ def test_json_batch_mixes_base64_images_and_pixel_grids(gateway):
     split = load_split()
     image = holdout_images(1, seed=7)[0]
     instances = [{"image_b64": base64.b64encode(image.data).decode()}] + [
-        {"pixels": split.holdout_images[i].tolist()} for i in range(5)]
+        {"pixels": split.holdout.x[i].tolist()} for i in range(5)]
     r = gateway.post("/v1/models/digits/predict", json={"instances": instances})
     assert r.status_code == 200, r.text
     labels = [p["label"] for p in r.json()["predictions"]]
     assert labels[0] == image.label
-    assert np.mean(np.array(labels[1:]) == split.holdout_labels[:5]) >= 0.8
+    assert np.mean(np.array(labels[1:]) == split.holdout.y[:5]) >= 0.8
 
 
 def test_openapi_document_and_docs_page(gateway):

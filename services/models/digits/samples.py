@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
-from PIL import Image
 
-from services.models.digits.train import load_split
+from services.models.digits.data import EXACT, FileVariant, load_split, random_variant, render
+from services.models.digits.model import Digits
 
 
 @dataclass
@@ -18,35 +18,48 @@ class RenderedDigit:
     description: str
 
 
-def render(pixels: np.ndarray, *, size: int, fmt: str, dark_ink: bool, colour: bool = False) -> bytes:
-    grey = (np.clip(pixels, 0, 16) / 16.0 * 255).astype(np.uint8)
-    if dark_ink:
-        grey = 255 - grey
-    img = Image.fromarray(grey, mode="L").resize((size, size), Image.Resampling.NEAREST)
-    if colour:
-        img = Image.merge("RGB", (img, img.point(lambda v: int(v * 0.9)), img.point(lambda v: int(v * 0.8))))
-    buf = io.BytesIO()
-    img.save(buf, format=fmt, **({"quality": 92} if fmt == "JPEG" else {}))
-    return buf.getvalue()
-
-
 VARIANTS = [
-    dict(size=8, fmt="PNG", dark_ink=False),
-    dict(size=28, fmt="PNG", dark_ink=True),
-    dict(size=64, fmt="JPEG", dark_ink=True),
-    dict(size=100, fmt="BMP", dark_ink=False, colour=True),
-    dict(size=256, fmt="JPEG", dark_ink=False, colour=True),
+    FileVariant(size=8, fmt="PNG", dark_ink=False),
+    FileVariant(size=28, fmt="PNG", dark_ink=True),
+    FileVariant(size=64, fmt="JPEG", dark_ink=True),
+    FileVariant(size=100, fmt="BMP", dark_ink=False, mode="RGB"),
+    FileVariant(size=256, fmt="JPEG", dark_ink=False, mode="RGB"),
 ]
 
 
 def holdout_images(n: int, seed: int = 1) -> list[RenderedDigit]:
     """n held-out digits, each rendered in one of the VARIANTS (cycled)."""
-    split = load_split()
+    holdout = load_split().holdout
     rng = np.random.default_rng(seed)
-    idx = rng.choice(len(split.holdout_labels), size=n, replace=False)
+    idx = rng.choice(len(holdout), size=n, replace=False)
     out = []
     for j, i in enumerate(idx):
-        v = VARIANTS[j % len(VARIANTS)]
-        desc = f"{v['fmt']} {v['size']}px {'dark' if v['dark_ink'] else 'light'} ink{' colour' if v.get('colour') else ''}"
-        out.append(RenderedDigit(int(split.holdout_labels[i]), render(split.holdout_images[i], **v), desc))
+        variant = VARIANTS[j % len(VARIANTS)]
+        out.append(RenderedDigit(int(holdout.y[i]), render(holdout.x[i], variant), str(variant)))
     return out
+
+
+SIZE_BANDS = ((8, 15), (16, 31), (32, 63), (64, 100))
+
+
+def skew(predict: Callable[[np.ndarray], np.ndarray], files_per_digit: int = 5, seed: int = 11) -> dict:
+    """Training-serving skew on the held-out digits: accuracy of `predict` (features -> class) on each digit
+    as the exact 8x8 grey PNG (the pixels training sees), and as `files_per_digit` random files of the kind
+    users send (PNG/JPEG/BMP, 8-100 px, grey/RGB/RGBA, either polarity; ``data.random_variant``).
+
+    Both go through the serving decoder, so the difference is what serving loses to the file format.
+    """
+    digits = Digits()
+    holdout = load_split().holdout
+    rng = np.random.default_rng(seed)
+    exact = float((predict(digits.preprocess([render(img, EXACT) for img in holdout.x])) == holdout.y).mean())
+    files = [(i, random_variant(rng)) for i in range(len(holdout)) for _ in range(files_per_digit)]
+    right = predict(digits.preprocess([render(holdout.x[i], v) for i, v in files])) == holdout.y[[i for i, _ in files]]
+    bands = {}
+    for low, high in SIZE_BANDS:
+        chosen = [k for k, (_, v) in enumerate(files) if low <= v.size <= high]
+        bands[f"{low}-{high} px"] = float(right[chosen].mean()) if chosen else None
+    formats = {fmt: float(right[[k for k, (_, v) in enumerate(files) if v.fmt == fmt]].mean())
+               for fmt in ("PNG", "JPEG", "BMP")}
+    return {"digits": len(holdout), "files": len(files), "exact_8x8_png": exact, "user_files": float(right.mean()),
+            "gap_points": (exact - float(right.mean())) * 100, "by_size": bands, "by_format": formats}

@@ -1,0 +1,66 @@
+"""What a route gets from the gateway, as typed dependencies.
+
+Usage::
+
+    @router.get("/v1/models/{model}")
+    def describe(package: ModelDep, gateway: GatewayDep) -> dict: ...
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from services.errors import ServingError
+from services.modelkit import ModelPackage
+from services.modelkit.discovery import model_named
+from services.registry.publish import Registry
+from services.serving.pipeline import InferencePipeline
+from services.settings import Settings
+from services.triton.client import TritonClient
+
+
+@dataclass
+class Gateway:
+    """Everything the routes share: settings, the served model packages, the pipeline, the registry."""
+
+    settings: Settings
+    models: dict[str, ModelPackage]
+    pipeline: InferencePipeline
+    default_model: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.default_model = next(iter(self.models))
+
+    @cached_property
+    def registry(self) -> Registry:
+        """Versions and rollbacks (admin, /v1/models); made on first use, off the predict path."""
+        return Registry.open(self.settings, TritonClient(self.settings.triton.grpc_address))
+
+
+def _gateway(request: Request) -> Gateway:
+    return request.app.state.gateway
+
+
+GatewayDep = Annotated[Gateway, Depends(_gateway)]
+
+
+def _model(model: str, gateway: GatewayDep) -> ModelPackage:
+    return model_named(gateway.models, model)
+
+
+ModelDep = Annotated[ModelPackage, Depends(_model)]
+
+
+def require_admin_token(gateway: GatewayDep, authorization: Annotated[str | None, Header()] = None) -> None:
+    token = gateway.settings.admin.token
+    expected = token.get_secret_value() if token else ""
+    if not expected:
+        raise ServingError("the admin API is disabled: set RTS_ADMIN_TOKEN", status=503, code="admin_disabled")
+    scheme, _, given = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), expected.encode()):
+        raise ServingError("missing or wrong bearer token", status=401, code="unauthorized")

@@ -1,0 +1,74 @@
+"""The Open Inference Protocol (KServe v2) on the gateway: the same pipeline as /v1, tensors in and out."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from services.errors import InvalidInput, UnknownModel
+from services.modelkit import ModelPackage
+from services.serving import oip
+from services.serving.deps import Gateway, GatewayDep, ModelDep
+
+router = APIRouter(prefix="/v2", tags=["open inference protocol"])
+
+
+@router.get("", summary="OIP server metadata")
+async def server_metadata() -> dict:
+    return {"name": "raytriton-gateway", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
+
+
+@router.get("/health/live", summary="OIP liveness")
+async def live() -> dict:
+    return {"live": True}
+
+
+@router.get("/health/ready", summary="OIP readiness: Triton and every deployment ready")
+async def ready(gateway: GatewayDep) -> JSONResponse:
+    ok, reason = await gateway.pipeline.health()
+    return JSONResponse({"ready": ok, **({} if ok else {"reason": reason})}, status_code=200 if ok else 503)
+
+
+async def _versions(gateway: Gateway, package: ModelPackage, version: str | None) -> list[str]:
+    """The model's complete versions; a version asked for that is not one of them is a 404."""
+    described = await run_in_threadpool(gateway.registry.describe, package.name, package.family, False)
+    versions = [str(v["version"]) for v in described["versions"]]
+    if version is not None and version not in versions:
+        raise UnknownModel(f"model {package.name!r} has no version {version!r}; versions: {versions}")
+    return versions
+
+
+@router.get("/models/{model}", summary="OIP model metadata")
+@router.get("/models/{model}/versions/{version}", summary="OIP model metadata")
+async def model_metadata(package: ModelDep, gateway: GatewayDep, version: str | None = None) -> dict:
+    versions = await _versions(gateway, package, version)
+    return oip.model_metadata(package, [version] if version else versions)
+
+
+@router.get("/models/{model}/ready", summary="OIP model readiness")
+@router.get("/models/{model}/versions/{version}/ready", summary="OIP model readiness")
+async def model_ready(package: ModelDep, gateway: GatewayDep, version: str | None = None) -> JSONResponse:
+    if version is not None:
+        await _versions(gateway, package, version)
+    ok, reason = await gateway.pipeline.health()
+    return JSONResponse({"name": package.name, "ready": ok, **({} if ok else {"reason": reason})},
+                        status_code=200 if ok else 503)
+
+
+@router.post("/models/{model}/infer", summary="OIP inference through the same pre/post pipeline")
+@router.post("/models/{model}/versions/{version}/infer", summary="OIP inference on one model version")
+async def infer(request: Request, package: ModelDep, gateway: GatewayDep, version: str = "") -> Response:
+    if request.headers.get("content-encoding") not in (None, "", "identity"):
+        raise InvalidInput("compressed request bodies are not supported; send it uncompressed",
+                           status=415, code="unsupported_encoding")
+    body = await request.body()
+    request.state.model = package.name
+    parsed = oip.parse_request(body, request.headers.get(oip.HEADER_LENGTH), package,
+                               gateway.settings.limits.max_batch_items)
+    request.state.batch_size = len(parsed.inputs)
+    result = await gateway.pipeline.predict(package.name, parsed.inputs, package.Options(), version)
+    request.state.model_version = result.version
+    tensors = package.to_tensors(result.predictions, result.outputs)
+    content, headers = oip.encode_response(package, result.version, parsed, tensors)
+    return Response(content=content, headers=headers)

@@ -1,0 +1,170 @@
+"""``POST /v1/models/<model>/predict`` (one route per served model, documented with its own schema)
+and ``POST /v1/predict?model=...`` (the first model by default).
+
+Bodies: ``{"instances": [...]}`` (JSON, each instance as the model's ``Instance``), or multipart
+parts named ``file`` for models that take files. Query options are the model's ``Options``
+(``top_k`` for classifiers). Answers ``{"predictions": [...], "model": {"name", "version"}, "request_id"}``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any, Callable
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from starlette.datastructures import UploadFile
+
+from services.errors import InvalidInput, PayloadTooLarge, UnknownModel
+from services.modelkit import ModelPackage, invalid_instance
+from services.modelkit.discovery import model_named
+from services.serving.deps import Gateway, GatewayDep
+from services.settings import LimitsSettings
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str = Field(description="Triton model version that answered")
+
+
+@lru_cache(maxsize=None)
+def request_body(package: type[ModelPackage]) -> type[BaseModel]:
+    return create_model(f"{package.__name__}PredictRequest", __config__=ConfigDict(extra="forbid"),
+                        instances=(list[package.Instance], Field(description="one entry per row to predict")))
+
+
+@lru_cache(maxsize=None)
+def response_body(package: type[ModelPackage]) -> type[BaseModel]:
+    return create_model(f"{package.__name__}PredictResponse", predictions=(list[package.task.Prediction], ...),
+                        model=(ModelRef, ...), request_id=(str, ...))
+
+
+async def read_inputs(request: Request, package: ModelPackage, limits: LimitsSettings) -> list[Any]:
+    """The request's instances (validated) or uploaded files (bytes), in order."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        if not package.accepts_files:
+            raise InvalidInput(f"model {package.name!r} takes JSON instances, not file uploads; send "
+                               "application/json {\"instances\": [...]}", status=415, code="unsupported_media_type")
+        try:
+            form = await request.form(max_files=limits.max_batch_items, max_fields=16)
+        except PayloadTooLarge:
+            raise
+        except Exception as exc:  # Starlette's parser errors (an HTTPException from request.form)
+            if "Too many files" in str(getattr(exc, "detail", exc)):
+                raise PayloadTooLarge(f"the request has more than {limits.max_batch_items} files; the limit is "
+                                      f"{limits.max_batch_items}", code="too_many_items") from None
+            raise InvalidInput(f"the multipart body could not be parsed: {getattr(exc, 'detail', exc)}",
+                               code="bad_multipart") from None
+        files = form.getlist("file")
+        if not files:
+            raise InvalidInput("send the files as multipart parts named 'file'", code="empty_batch")
+        _check_count(len(files), limits)
+        inputs = []
+        for i, part in enumerate(files):
+            if not isinstance(part, UploadFile):
+                raise InvalidInput(f"part {i} named 'file' is a text field, not a file upload", code="not_a_file")
+            inputs.append(await part.read())
+        return inputs
+    if content_type in ("application/json", ""):
+        body = await request.body()
+        if not body:
+            raise InvalidInput('the request body is empty; send JSON {"instances": [...]}'
+                               + (" or multipart files" if package.accepts_files else ""), code="empty_batch")
+        try:
+            payload = request_body(type(package)).model_validate_json(body)
+        except ValidationError as exc:
+            raise _body_error(exc) from None
+        if not payload.instances:
+            raise InvalidInput("'instances' is empty; send at least one", code="empty_batch")
+        _check_count(len(payload.instances), limits)
+        return payload.instances
+    raise InvalidInput(f"unsupported Content-Type {content_type!r}; use application/json"
+                       + (" or multipart/form-data" if package.accepts_files else ""),
+                       status=415, code="unsupported_media_type")
+
+
+def _body_error(exc: ValidationError) -> InvalidInput:
+    """An instance's problem is a 400 naming it; a body that is not {"instances": [...]} is a 422."""
+    first = exc.errors()[0]
+    loc = first.get("loc", ())
+    if len(loc) >= 2 and loc[0] == "instances" and isinstance(loc[1], int) and first["type"] != "json_invalid":
+        inner = [dict(e, loc=tuple(e["loc"][2:])) for e in exc.errors() if tuple(e["loc"][:2]) == tuple(loc[:2])]
+        return invalid_instance(inner, loc[1])
+    parts = ["/".join(str(p) for p in e.get("loc", ())) + ": " + e.get("msg", "") for e in exc.errors()[:5]]
+    return InvalidInput("the JSON body is not a valid predict request: " + "; ".join(parts), status=422,
+                        code="invalid_request")
+
+
+def _check_count(n: int, limits: LimitsSettings) -> None:
+    if n > limits.max_batch_items:
+        raise PayloadTooLarge(f"the request has {n} items; the limit is {limits.max_batch_items}",
+                              code="too_many_items")
+
+
+def read_options(request: Request, package: ModelPackage, ignore: tuple[str, ...] = ()) -> BaseModel:
+    query = {k: v for k, v in request.query_params.items() if k not in ignore}
+    try:
+        return package.Options.model_validate(query)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = ".".join(str(p) for p in error.get("loc", ())) or "option"
+        known = list(package.Options.model_fields)
+        if error["type"] == "extra_forbidden":
+            raise InvalidInput(f"unknown query option {name!r}; model {package.name!r} takes {known or 'none'}",
+                               code="unknown_option") from None
+        raise InvalidInput(f"query option {name!r}: {error['msg']}", code=f"bad_{name}") from None
+
+
+async def predict(request: Request, gateway: Gateway, package: ModelPackage, ignore: tuple[str, ...] = ()) -> JSONResponse:
+    options = read_options(request, package, ignore)
+    request.state.model = package.name
+    inputs = await read_inputs(request, package, gateway.settings.limits)
+    request.state.batch_size = len(inputs)
+    result = await gateway.pipeline.predict(package.name, inputs, options)
+    request.state.model_version = result.version
+    # Built directly: the shape is ours and fixed, re-validating it through the response model costs
+    # CPU on every request. response_model stays on the routes for the docs.
+    return JSONResponse({"predictions": result.predictions, "model": {"name": package.name, "version": result.version},
+                         "request_id": request.state.request_id})
+
+
+def _openapi(package: ModelPackage) -> dict:
+    content: dict[str, Any] = {"application/json": {"schema": request_body(type(package)).model_json_schema()}}
+    if package.accepts_files:
+        content["multipart/form-data"] = {"schema": {"type": "object", "properties": {
+            "file": {"type": "array", "items": {"type": "string", "format": "binary"}}}}}
+    options = package.Options.model_json_schema().get("properties", {})
+    return {"requestBody": {"required": True, "content": content},
+            "parameters": [{"name": name, "in": "query", "required": False, "schema": schema,
+                            "description": schema.get("description", "")} for name, schema in options.items()]}
+
+
+def _endpoint(package: ModelPackage) -> Callable:
+    async def endpoint(request: Request, gateway: GatewayDep) -> JSONResponse:
+        return await predict(request, gateway, package)
+
+    return endpoint
+
+
+def predict_router(models: dict[str, ModelPackage]) -> APIRouter:
+    router = APIRouter(tags=["predict"])
+    default = next(iter(models))
+    for package in models.values():
+        router.add_api_route(f"/v1/models/{package.name}/predict", _endpoint(package), methods=["POST"],
+                             response_model=response_body(type(package)), openapi_extra=_openapi(package),
+                             summary=f"Predict with {package.name} ({package.task.kind})",
+                             name=f"predict_{package.name}")
+
+    @router.post("/v1/models/{model}/predict", include_in_schema=False)
+    async def unknown(model: str, gateway: GatewayDep) -> JSONResponse:
+        raise UnknownModel(f"no model named {model!r}; served models: {sorted(gateway.models)}")
+
+    @router.post("/v1/predict", summary=f"Predict with the model named by ?model= (default {default!r})",
+                 openapi_extra=_openapi(models[default]))
+    async def predict_default(request: Request, gateway: GatewayDep) -> JSONResponse:
+        package = model_named(gateway.models, request.query_params.get("model", gateway.default_model))
+        return await predict(request, gateway, package, ignore=("model",))
+
+    return router
