@@ -48,7 +48,7 @@ import psutil
 
 from services.modelkit.discovery import load_package
 from services.models.digits.data import FileVariant, load_split, render
-from services.runtime.processes import free_port, start_process, stop_process, wait_until
+from services.runtime.processes import ManagedProcess, free_port, wait_until
 from services.runtime.stack import Stack, render_serve_config
 from services.settings import REPO_ROOT, Settings
 from services.telemetry.otlp_receiver import OtlpReceiver
@@ -187,19 +187,29 @@ def plot(results: list[Measurement], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+class BaselineServer(ManagedProcess):
+    """``loadtests.baseline_server`` on a free port, serving the stack's version 1 of the digits files."""
+
+    what = "baseline server"
+
+    def __init__(self, repository: str, out: Path) -> None:
+        super().__init__(out / "baseline-server.log")
+        self.repository, self.port = repository, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "loadtests.baseline_server", "--repository", self.repository, "--version", "1",
+                "--port", str(self.port)]
+
+    def ready(self) -> bool:
+        return httpx.get(f"{self.url}/docs").status_code == 200
+
+
 def bench_baseline(stack: Stack, args, bodies, out: Path) -> list[Measurement]:
-    port = free_port()
-    proc = start_process([sys.executable, "-m", "loadtests.baseline_server", "--repository",
-                          stack.triton_repository, "--version", "1", "--port", str(port)],
-                         log_file=out / "baseline-server.log")
-    try:
-        wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/docs").status_code == 200, timeout_s=60,
-                   what="baseline server", proc=proc, log_file=out / "baseline-server.log")
-        target = Target("fastapi-onnxruntime", f"http://127.0.0.1:{port}/v1/predict", *bodies["gateway"])
-        cpu = CpuMeter(proc.pid)
+    with BaselineServer(stack.triton_repository, out) as server:
+        target = Target("fastapi-onnxruntime", f"{server.url}/v1/predict", *bodies["gateway"])
+        cpu = CpuMeter(server.pid)
         return [report(run_wrk(target, c, args.duration, args.warmup, cpu)) for c in args.concurrency]
-    finally:
-        stop_process(proc)
 
 
 def main(argv: list[str] | None = None) -> Path:

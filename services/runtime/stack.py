@@ -66,16 +66,16 @@ def render_serve_config(source: Path, target: Path, *, http_port: int, env_vars:
 
 
 class Listener(ManagedProcess):
-    """``rts listen`` as a child of the stack (the local folder source)."""
+    """``rts listen [args]`` as a child process (the stack's, with the local folder source, or a test's)."""
 
     what = "retraining listener"
 
-    def __init__(self, env: dict[str, str], log_file: Path) -> None:
+    def __init__(self, env: dict[str, str], log_file: Path, args: tuple[str, ...] = ()) -> None:
         super().__init__(log_file)
-        self.env = env
+        self.env, self.args = env, args
 
     def argv(self) -> list[str]:
-        return [sys.executable, "-m", "services.cli", "listen"]
+        return [sys.executable, "-m", "services.cli", "listen", *self.args]
 
     def environment(self) -> dict[str, str]:
         return {**super().environment(), **self.env}

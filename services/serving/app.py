@@ -40,8 +40,8 @@ def create_app(gateway: Gateway) -> FastAPI:
     app.add_middleware(ObservabilityMiddleware)  # outermost: sees every response, errors included
     add_metrics_route(app)
     install_error_handlers(app)
+    app.include_router(predict_router(gateway.models))  # first: the hot routes match before any other
     app.include_router(health.router)
-    app.include_router(predict_router(gateway.models))
     app.include_router(models.router)
     app.include_router(oip.router)
     app.include_router(admin.router)

@@ -5,8 +5,6 @@ the 400s that name the field, the stock tritonclient on /v2, and a new CSV becom
 from __future__ import annotations
 
 import io
-import os
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +15,7 @@ from tritonclient.utils import InferenceServerException
 
 from services.models.diabetes.data import FEATURES, TARGET, load_split
 from services.models.digits.data import load_split as digits_split
-from services.runtime.processes import start_process, stop_process
+from services.runtime.stack import Listener
 from tests.integration.traffic import Traffic
 
 pytestmark = pytest.mark.integration
@@ -119,22 +117,18 @@ def test_a_new_csv_becomes_a_live_version_with_no_failed_requests(stack, gateway
                 for i in range(0, len(SPLIT.holdout), 8)]
     requests += [("/v1/models/digits/predict", {"instances": [{"pixels": d.tolist()} for d in digits[i:i + 32]]})
                  for i in range(0, len(digits), 32)]
-    listener = start_process([sys.executable, "-m", "services.cli", "listen", "--debounce", "1"],
-                             env={**os.environ, **stack.job_env()}, log_file=tmp_path / "listener.log")
-    try:
-        with Traffic(stack.gateway_url, requests) as traffic:
-            deadline = time.monotonic() + 240
-            while time.monotonic() < deadline:
-                assert listener.poll() is None, (tmp_path / "listener.log").read_text()[-2000:]
-                serving = gateway.get("/admin/models/diabetes", headers=admin).json()["serving"]
-                if serving != before:
-                    break
-                time.sleep(2)
-            else:
-                raise AssertionError((tmp_path / "listener.log").read_text()[-3000:])
-            time.sleep(1.0)  # traffic on the new version
-    finally:
-        stop_process(listener)
+    with Listener(stack.job_env(), tmp_path / "listener.log", ("--debounce", "1")) as listener, \
+            Traffic(stack.gateway_url, requests) as traffic:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            assert listener.running, (tmp_path / "listener.log").read_text()[-2000:]
+            serving = gateway.get("/admin/models/diabetes", headers=admin).json()["serving"]
+            if serving != before:
+                break
+            time.sleep(2)
+        else:
+            raise AssertionError((tmp_path / "listener.log").read_text()[-3000:])
+        time.sleep(1.0)  # traffic on the new version
     assert traffic.failed == 0, traffic.errors[:5]
     assert str(serving) in traffic.versions["diabetes"] and traffic.ok > 10
     record = next(v for v in gateway.get("/admin/models/diabetes", headers=admin).json()["versions"]

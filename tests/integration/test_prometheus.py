@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import shutil
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 
 from services.settings import REPO_ROOT
-from services.runtime.processes import start_process, stop_process, wait_until
-from services.runtime.processes import free_port
+from services.runtime.processes import ManagedProcess, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -38,6 +38,22 @@ def render(stack, path) -> None:
     path.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
+class Prometheus(ManagedProcess):
+    what = "prometheus"
+
+    def __init__(self, binary: str, work: Path) -> None:
+        super().__init__(work / "prometheus.log")
+        self.binary, self.work, self.port = binary, work, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def argv(self) -> list[str]:
+        return [self.binary, f"--config.file={self.work / 'prometheus.yml'}", f"--storage.tsdb.path={self.work / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}"]
+
+    def ready(self) -> bool:
+        return httpx.get(f"{self.url}/-/ready", timeout=2).status_code == 200
+
+
 @pytest.fixture(scope="module")
 def prometheus(stack, tmp_path_factory):
     binary = shutil.which("prometheus")
@@ -45,17 +61,8 @@ def prometheus(stack, tmp_path_factory):
         pytest.skip("prometheus is not installed (apt-get install prometheus; `make test` does it as root)")
     work = tmp_path_factory.mktemp("prometheus")
     render(stack, work / "prometheus.yml")
-    port = free_port()
-    log = work / "prometheus.log"
-    proc = start_process([binary, f"--config.file={work / 'prometheus.yml'}", f"--storage.tsdb.path={work / 'data'}",
-                          f"--web.listen-address=127.0.0.1:{port}"], log_file=log)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: httpx.get(f"{url}/-/ready", timeout=2).status_code == 200, timeout_s=60,
-                   what="prometheus", proc=proc, log_file=log)
-        yield url
-    finally:
-        stop_process(proc)
+    with Prometheus(binary, work) as server:
+        yield server.url
 
 
 def query(url: str, promql: str) -> list[dict]:

@@ -9,8 +9,6 @@ session's model repository, and Triton serves the new version.
 from __future__ import annotations
 
 import io
-import os
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -20,7 +18,7 @@ import pytest
 
 from services.retraining.requests import publish_retrain_request
 from services.models.digits.data import load_split
-from services.runtime.processes import start_process, stop_process
+from services.runtime.stack import Listener
 from tests.servers.fixtures import GCP_PROJECT, GCS_TOPIC
 
 pytestmark = pytest.mark.integration
@@ -43,20 +41,16 @@ def run_listener_until_new_version(stack, gateway, tmp_path: Path, args: list[st
                                    act) -> str:
     before = served(gateway)
     log = tmp_path / "listener.log"
-    listener = start_process([sys.executable, "-m", "services.cli", "listen", "--debounce", "1", *args],
-                             env={**os.environ, **stack.job_env(), **env}, log_file=log)
-    try:
+    with Listener({**stack.job_env(), **env}, log, ("--debounce", "1", *args)) as listener:
         time.sleep(3)  # subscribed before the event is produced
         act()
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
-            assert listener.poll() is None, log.read_text()[-3000:]
+            assert listener.running, log.read_text()[-3000:]
             if served(gateway) != before:
                 return served(gateway)
             time.sleep(2)
         raise AssertionError(f"no new version within 180 s; listener log:\n{log.read_text()[-3000:]}")
-    finally:
-        stop_process(listener)
 
 
 def test_s3_upload_via_sqs_notification(stack, gateway, moto_server, tmp_path):

@@ -5,8 +5,6 @@ the listener is down, so this also shows a stopped listener loses nothing."""
 from __future__ import annotations
 
 import io
-import os
-import sys
 import time
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import numpy as np
 import pytest
 
 from services.models.digits.data import load_split
-from services.runtime.processes import start_process, stop_process
+from services.runtime.stack import Listener
 
 pytestmark = pytest.mark.integration
 
@@ -32,29 +30,26 @@ def test_file_in_incoming_becomes_a_served_version(stack, gateway, tmp_path):
     token = stack.settings.admin.token.get_secret_value()
     admin = httpx.Client(base_url=stack.gateway_url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
     before = admin.get("/admin/models/digits").json()["serving"]
-    listener = start_process([sys.executable, "-m", "services.cli", "listen", "--source", "local", "--debounce", "1"],
-                             env={**os.environ, **stack.job_env()}, log_file=tmp_path / "listener.log")
+    listener = Listener(stack.job_env(), tmp_path / "listener.log", ("--source", "local", "--debounce", "1"))
 
     def serving_lineage() -> dict:
         models = admin.get("/admin/models/digits").json()
         return next(v for v in models["versions"] if v["version"] == models["serving"])["lineage"]
 
-    try:
+    with listener:
         # Other requests may wait in the bucket too (a drift request from an earlier test): they
         # are handled as well, possibly in the same run. Wait for a served version trained on our file.
         deadline = time.monotonic() + 180
         lineage = {}
         while time.monotonic() < deadline:
             time.sleep(2)
-            assert listener.poll() is None, (tmp_path / "listener.log").read_text()[-2000:]
+            assert listener.running, (tmp_path / "listener.log").read_text()[-2000:]
             lineage = serving_lineage()
             files = [f["key"] for f in lineage.get("data", {}).get("files", [])]
             if "datasets/digits/accepted/fainter.npz" in files:
                 break
         else:
             raise AssertionError((tmp_path / "listener.log").read_text()[-3000:])
-    finally:
-        stop_process(listener)
     serving = admin.get("/admin/models/digits").json()["serving"]
     assert serving != before
     assert all(e["type"] in ("rts.object.created", "rts.retrain.requested") for e in lineage["events"])

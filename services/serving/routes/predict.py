@@ -151,6 +151,13 @@ def _endpoint(package: ModelPackage) -> Callable:
 def predict_router(models: dict[str, ModelPackage]) -> APIRouter:
     router = APIRouter(tags=["predict"])
     default = next(iter(models))
+
+    @router.post("/v1/predict", summary=f"Predict with the model named by ?model= (default {default!r})",
+                 openapi_extra=_openapi(models[default]))
+    async def predict_default(request: Request, gateway: GatewayDep) -> JSONResponse:
+        package = model_named(gateway.models, request.query_params.get("model", gateway.default_model))
+        return await predict(request, gateway, package, ignore=("model",))
+
     for package in models.values():
         router.add_api_route(f"/v1/models/{package.name}/predict", _endpoint(package), methods=["POST"],
                              response_model=response_body(type(package)), openapi_extra=_openapi(package),
@@ -160,11 +167,5 @@ def predict_router(models: dict[str, ModelPackage]) -> APIRouter:
     @router.post("/v1/models/{model}/predict", include_in_schema=False)
     async def unknown(model: str, gateway: GatewayDep) -> JSONResponse:
         raise UnknownModel(f"no model named {model!r}; served models: {sorted(gateway.models)}")
-
-    @router.post("/v1/predict", summary=f"Predict with the model named by ?model= (default {default!r})",
-                 openapi_extra=_openapi(models[default]))
-    async def predict_default(request: Request, gateway: GatewayDep) -> JSONResponse:
-        package = model_named(gateway.models, request.query_params.get("model", gateway.default_model))
-        return await predict(request, gateway, package, ignore=("model",))
 
     return router
