@@ -48,7 +48,7 @@ import psutil
 
 from services.modelkit.discovery import load_package
 from services.models.digits.data import FileVariant, load_split, render
-from services.runtime.processes import ManagedProcess, free_port, wait_until
+from services.runtime.processes import ManagedProcess, free_port, free_ports, wait_until
 from services.runtime.stack import Stack, render_serve_config
 from services.settings import REPO_ROOT, Settings
 from services.telemetry.otlp_receiver import OtlpReceiver
@@ -228,10 +228,11 @@ def main(argv: list[str] | None = None) -> Path:
     out = args.out or REPO_ROOT / "loadtests" / "results" / time.strftime("bench-%Y%m%d-%H%M%S")
     bodies = make_bodies(out)
     var_dir = out / "var"
+    http, grpc, metrics, gcs, dashboard, serve = free_ports(6)
     settings = Settings(
-        var_dir=var_dir, triton={"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()},
-        ray={"gcs_port": free_port(), "dashboard_port": free_port(), "temp_dir": Path(f"/tmp/rts-bench-{os.getpid()}")},
-        serve={"http_port": free_port()}, listener={"enabled": False})  # see the module docstring
+        var_dir=var_dir, triton={"http_port": http, "grpc_port": grpc, "metrics_port": metrics},
+        ray={"gcs_port": gcs, "dashboard_port": dashboard, "temp_dir": Path(f"/tmp/rts-bench-{os.getpid()}")},
+        serve={"http_port": serve}, listener={"enabled": False})  # see the module docstring
     results: list[Measurement] = []
     config_for = {"composed": CONFIGS / "inference.yaml", "fused": CONFIGS / "inference-fused.yaml"}
     with Stack(settings, config_for[args.layouts[0]], say=lambda m: print(f"[stack] {m}", flush=True)) as stack:

@@ -20,7 +20,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from services.runtime.processes import ManagedProcess, StartupFailed, free_port, wait_until
+from services.runtime.processes import ManagedProcess, StartupFailed, free_ports, wait_until
 from services.settings import Settings
 
 def serve_fast_path_env(temp_dir: Path, haproxy: bool) -> dict[str, str]:
@@ -33,6 +33,7 @@ def serve_fast_path_env(temp_dir: Path, haproxy: bool) -> dict[str, str]:
     """
     env = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
     if haproxy:
+        stats_port, metrics_port = free_ports(2)
         base = temp_dir / "h"  # HAProxy adds a 40-character folder; unix socket paths max out at 97
         env.update({
             "RAY_SERVE_ENABLE_HA_PROXY": "1",
@@ -41,8 +42,8 @@ def serve_fast_path_env(temp_dir: Path, haproxy: bool) -> dict[str, str]:
             "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(base),
             "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(base / "server-state"),
             "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(base / "metrics.sock"),
-            "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
-            "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+            "RAY_SERVE_HAPROXY_STATS_PORT": str(stats_port),
+            "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics_port),
         })
     return env
 
@@ -95,13 +96,14 @@ class RayHead(ManagedProcess):
 
     def argv(self) -> list[str]:
         ray = str(Path(sys.executable).with_name("ray"))
+        client, agent, agent_grpc, runtime_env, metrics = free_ports(5)
         return [
             ray, "start", "--head", "--block", "--disable-usage-stats",
             "--node-ip-address=127.0.0.1", f"--port={self.gcs_port}",
             "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
-            f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
-            f"--dashboard-agent-grpc-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
-            f"--metrics-export-port={free_port()}",
+            f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
+            f"--dashboard-agent-grpc-port={agent_grpc}", f"--runtime-env-agent-port={runtime_env}",
+            f"--metrics-export-port={metrics}",
             f"--temp-dir={self.temp_dir}", f"--num-cpus={self.num_cpus}",
             f"--object-store-memory={512 * 1024 * 1024}",
         ]

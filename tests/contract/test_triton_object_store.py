@@ -16,7 +16,7 @@ import uuid
 
 import pytest
 
-from services.runtime.processes import free_port
+from services.runtime.processes import free_ports
 from services.runtime.triton import TritonServer
 from services.settings import Settings
 from services.storage import open_store
@@ -40,8 +40,8 @@ def test_triton_loads_the_ensemble_from_s3(request, server_fixture, tmp_path):
 
     repository = store.triton_repository_uri()
     assert repository == f"s3://{server.endpoint_url}/{bucket}/model_repository"
-    settings = Settings(var_dir=tmp_path, triton={"http_port": free_port(), "grpc_port": free_port(),
-                                                  "metrics_port": free_port()})
+    settings = Settings(var_dir=tmp_path, triton=dict(zip(("http_port", "grpc_port", "metrics_port"),
+                                                       free_ports(3))))
     # Triton's S3 client takes credentials and region from the AWS_* variables, like boto3.
     with TritonServer(repository, settings, load_models=("digits",), work_dir=tmp_path / "triton",
                       env=server.env) as triton:

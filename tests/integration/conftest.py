@@ -21,7 +21,7 @@ import pytest
 from services.modelkit.discovery import bundled_packages
 from services.settings import REPO_ROOT, Settings
 from services.telemetry.otlp_receiver import OtlpReceiver
-from services.runtime.processes import free_port
+from services.runtime.processes import free_ports
 from services.runtime.stack import Stack
 # Real S3/SQS, GCS and Pub/Sub servers for the cloud event paths (imported: pytest_plugins is root-only).
 from tests.servers.fixtures import fake_gcs, moto_server, pubsub_emulator  # noqa: F401
@@ -63,12 +63,13 @@ def third_model(tmp_path_factory):
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory, otlp, third_model) -> Stack:
     var_dir = tmp_path_factory.mktemp("var")
+    http, grpc, metrics, gcs, dashboard, serve = free_ports(6)
     settings = Settings(
         var_dir=var_dir,
         models=[*bundled_packages(), third_model],
-        triton={"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()},
-        ray={"gcs_port": free_port(), "dashboard_port": free_port(), "temp_dir": Path(f"/tmp/rts-test-{os.getpid()}")},
-        serve={"http_port": free_port()},
+        triton={"http_port": http, "grpc_port": grpc, "metrics_port": metrics},
+        ray={"gcs_port": gcs, "dashboard_port": dashboard, "temp_dir": Path(f"/tmp/rts-test-{os.getpid()}")},
+        serve={"http_port": serve},
         limits={"max_body_bytes": 2 * 1024 * 1024, "max_batch_items": 64, "max_image_pixels": 4_000_000},
         # Tests start runs themselves; test_retraining_events runs its own listener.
         listener={"enabled": False},

@@ -8,7 +8,7 @@ import pytest
 
 from services.modelkit.discovery import load_package
 from services.retraining.run import build_first_version
-from services.runtime.processes import free_port
+from services.runtime.processes import free_ports
 from services.runtime.triton import TritonServer
 from services.settings import Settings
 from services.telemetry.otlp_receiver import OtlpReceiver
@@ -32,8 +32,8 @@ def digits_repository(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def traced_triton(tmp_path_factory, digits_repository, otlp_receiver):
     work = tmp_path_factory.mktemp("triton")
-    settings = Settings(var_dir=work, triton={"http_port": free_port(), "grpc_port": free_port(),
-                                              "metrics_port": free_port()})
+    settings = Settings(var_dir=work, triton=dict(zip(("http_port", "grpc_port", "metrics_port"),
+                                                   free_ports(3))))
     # 100 ms export batches instead of Triton's 5 s, so the test waits less.
     args = triton_trace_args(otlp_receiver.traces_url, schedule_delay_ms=100)
     with TritonServer(digits_repository, settings, load_models=("digits",), work_dir=work / "run",

@@ -24,7 +24,7 @@ import boto3
 from botocore.config import Config
 from moto.server import ThreadedMotoServer
 
-from services.runtime.processes import ManagedProcess, free_port, port_open, wait_until
+from services.runtime.processes import ManagedProcess, free_port, free_ports, port_open, wait_until
 
 REGION = "us-east-1"
 
@@ -105,9 +105,10 @@ class SeaweedFS(_S3Server, ManagedProcess):
         d = self.work_dir
         # Every port explicit: the defaults (9333, 8080, 8888, 8333...) collide with other tests and
         # anything else on the machine. Unix sockets live in our folder for the same reason.
-        ports = {"master.port": free_port(), "volume.port": free_port(), "filer.port": free_port(),
+        picked = iter(free_ports(7))
+        ports = {"master.port": next(picked), "volume.port": next(picked), "filer.port": next(picked),
                  "s3.port": self.port}
-        grpc = {f"{name}.port.grpc": free_port() for name in ("master", "volume", "filer", "s3")}
+        grpc = {f"{name}.port.grpc": next(picked) for name in ("master", "volume", "filer", "s3")}
         return [self.binary(), "mini", f"-dir={d / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                 "-master.telemetry=false", "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0",
                 f"-s3.localSocket={d / 's3.sock'}", f"-filer.localSocket={d / 'filer.sock'}",
