@@ -38,10 +38,11 @@ test-unit: venv
 test-integration: venv tools
 	$(PY) -m pytest -ra tests/integration
 
-bench: venv  ## Triton direct vs the gateway at concurrency 1/8/32, then tracing off/on in-process -> loadtests/results/
+bench: venv  ## Triton direct vs the gateway at concurrency 1/8/32, then tracing and routing costs in-process -> loadtests/results/
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(PY) -m loadtests.bench
 	$(PY) -m loadtests.bench_tracing
+	$(PY) -m loadtests.bench_routing
 
 skew: venv  ## digits as the files users send vs exact 8x8, shipped training vs no augmentation -> loadtests/results/
 	$(PY) -m loadtests.skew

@@ -68,7 +68,7 @@ def build_app():
     settings = Settings(models=["services.models.digits"])
     models = load_models(settings)
     pipe = InferencePipeline(LocalPreprocess(PreprocessStage(models)), FakeTriton(),
-                             LocalPostprocess(PostprocessStage(models)))
+                             LocalPostprocess(PostprocessStage(models)), models=models)
     return create_app(Gateway(settings, models, pipe))
 
 
@@ -166,6 +166,24 @@ async def run(rounds: int, n: int) -> dict[str, list[float]]:
     return {**before, **after}
 
 
+def write_cost_table(out: Path, samples: dict[str, list[float]], floors: dict[str, float], what: str, versus: str,
+                     args: argparse.Namespace) -> str:
+    """results.md (median us/request per build, its spread over rounds, the difference to its floor) and
+    results.json (every round); printed too."""
+    lines = [f"| {what} | median us/request | spread (p10-p90 of rounds) | vs {versus} |", "|---|---:|---:|---:|"]
+    for name, values in samples.items():
+        med = statistics.median(values)
+        deciles = statistics.quantiles(values, n=10)
+        delta = med - floors[name]
+        lines.append(f"| {name} | {med:.1f} | {deciles[0]:.1f}-{deciles[-1]:.1f} | "
+                     f"{delta:+.1f} us ({delta / floors[name] * 100:+.1f}%) |")
+    table = "\n".join(lines) + "\n"
+    (out / "results.md").write_text(table)
+    (out / "results.json").write_text(json.dumps(samples, indent=2))
+    print(table + f"\n{args.rounds} rounds x {args.requests} requests per build; written to {out}")
+    return table
+
+
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description="per-request cost of tracing off / on vs no tracing code")
     parser.add_argument("--rounds", type=int, default=15)
@@ -179,17 +197,7 @@ def main(argv: list[str] | None = None) -> Path:
               "off": statistics.median(samples["untraced"]),
               "untraced (provider installed)": statistics.median(samples["untraced (provider installed)"]),
               "on": statistics.median(samples["untraced (provider installed)"])}
-    lines = ["| build | median us/request | spread (p10-p90 of rounds) | vs untraced |", "|---|---:|---:|---:|"]
-    for name, values in samples.items():
-        med = statistics.median(values)
-        deciles = statistics.quantiles(values, n=10)
-        delta = med - floors[name]
-        lines.append(f"| {name} | {med:.1f} | {deciles[0]:.1f}-{deciles[-1]:.1f} | "
-                     f"{delta:+.1f} us ({delta / floors[name] * 100:+.1f}%) |")
-    table = "\n".join(lines) + "\n"
-    (out / "results.md").write_text(table)
-    (out / "results.json").write_text(json.dumps(samples, indent=2))
-    print(table + f"\n{args.rounds} rounds x {args.requests} requests per build; written to {out}")
+    write_cost_table(out, samples, floors, "build", "untraced", args)
     return out
 
 

@@ -23,6 +23,8 @@ PROFILES: dict[str, list[Stage]] = {
     # Spike: idle, then a burst every few minutes, idle in between (scale up, then back down).
     "spike": [Stage(60, 1, 1), Stage(30, 64, 32), Stage(150, 1, 32), Stage(30, 64, 32), Stage(150, 1, 32),
               Stage(30, 64, 32), Stage(120, 1, 32)],
+    # Rollout: steady traffic with feedback while a candidate earns its way (the caller stops it early).
+    "rollout": [Stage(5, 6, 6), Stage(1195, 6, 6)],
     # Soak: an hour at a moderate load, for leaks and slow drift in latency.
     "soak": [Stage(60, 16, 2), Stage(3540, 16, 2)],
 }

@@ -8,7 +8,13 @@ Writes ``loadtests/results/<profile>-<time>/`` (or ``--out``): Locust's CSVs and
 ``timings.csv`` (every request), ``stages.json`` / ``stages.md`` (p50/p90/p99 and throughput per
 stage), ``replicas.csv`` (running replicas of each Serve deployment, polled from the Ray dashboard
 every second) and ``load.png`` (users and req/s, latency, replicas against time). Stops by itself at
-the end of the profile; prints progress every few seconds.
+the end of the profile (or when the caller sets ``stop``); prints progress every few seconds.
+
+With ``--rollout MODEL`` (and ``RTS_ADMIN_TOKEN``) it also follows the model's rollout: the
+controller's timeline and decisions go to ``rollout-<model>.json``, and ``rollout-<model>.png``
+plots the traffic share of each version (as routed, and as answered: from the version named in
+each response), each version's p99 latency, live accuracy (or error) and shadow disagreement, with
+every decision (shadow, canary step, promote, rollback) marked.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import argparse
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -103,7 +110,86 @@ def plot(timings: np.ndarray, replicas_csv: Path, started: float, profile: str, 
     fig.savefig(path, dpi=100)
 
 
-def run_profile(profile: str, host: str, dashboard: str, out: Path, app: str = "inference") -> dict:
+def read_timings(path: Path) -> tuple[np.ndarray, list[str]]:
+    """(rows of time, ms, ok) and the model:version that answered each row ("" when none)."""
+    data, answered = [], []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            t, rt, ok, who, _ = line.split(",", 4)
+            data.append((float(t), float(rt), int(ok)))
+            answered.append(who)
+    return (np.array(data) if data else np.zeros((0, 3))), answered
+
+
+def fetch_rollout(host: str, model: str, token: str, seconds: int) -> dict | None:
+    request = urllib.request.Request(f"{host}/admin/models/{model}/status?timeline={min(seconds, 7200)}",
+                                     headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return json.load(resp)
+    except OSError as exc:
+        print(f"[load] could not read the rollout of {model}: {exc}", flush=True)
+        return None
+
+
+def plot_rollout(status: dict, timings: np.ndarray, answered: list[str], started: float, path: Path) -> None:
+    """Traffic share per version (routed and answered), p99, live quality and disagreement, decisions marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    model, timeline_ = status["model"], status.get("timeline") or []
+    fig, axes = plt.subplots(4, 1, figsize=(11, 12), sharex=True)
+    versions = sorted({v for p in timeline_ for v in (*p["shares"], *p["versions"])} |
+                      {w.split(":", 1)[1] for w in answered if w.startswith(model + ":")}, key=int)
+    colors = {v: plt.cm.tab10(i % 10) for i, v in enumerate(versions)}
+    ts = [p["t"] - started for p in timeline_]
+    for v in versions:
+        axes[0].step(ts, [p["shares"].get(v, 0.0) for p in timeline_], where="post", color=colors[v],
+                     linestyle="--", label=f"v{v} routed")
+    if len(timings):
+        rel = timings[:, 0] - started
+        bins = np.arange(0, max(rel.max(), 1) + 5, 5)
+        idx = np.digitize(rel, bins)
+        mine = np.array([w.startswith(model + ":") for w in answered])
+        for v in versions:
+            hit = np.array([w == f"{model}:{v}" for w in answered])
+            share = [hit[(idx == b) & mine].sum() / max(((idx == b) & mine).sum(), 1) for b in range(1, len(bins))]
+            axes[0].plot(bins[:-1] + 2.5, share, color=colors[v], label=f"v{v} answered")
+    axes[0].set_ylabel("traffic share")
+    axes[0].set_ylim(-0.05, 1.05)
+    quality = "accuracy" if any("accuracy" in s for p in timeline_ for s in p["versions"].values()) else "mean_abs_error"
+    for v in versions:
+        pts = [(p["t"] - started, p["versions"].get(v, {})) for p in timeline_]
+        axes[1].plot([t for t, s in pts], [s.get("p99_ms") if s.get("p99_ms") is not None else s.get("shadow_p99_ms")
+                                           for t, s in pts], color=colors[v], label=f"v{v}")
+        axes[2].plot([t for t, s in pts], [s.get(quality) for t, s in pts], color=colors[v], label=f"v{v}")
+        axes[3].plot([t for t, s in pts], [s["shadow_disagreements"] / s["shadow_requests"]
+                                           if s.get("shadow_requests") else None for t, s in pts],
+                     color=colors[v], label=f"v{v}")
+    axes[1].set_ylabel("p99 latency (ms)\n(this stage's window)")
+    axes[2].set_ylabel(f"live {quality}\n(from feedback)")
+    axes[3].set_ylabel("disagreement with\nproduction (shadow)")
+    axes[3].set_xlabel("seconds since the load started")
+    for decision in status.get("decisions") or []:
+        if decision["decision"] in ("fault", "policy"):
+            continue
+        x = decision["at"] - started
+        for ax in axes:
+            ax.axvline(x, color="grey", linewidth=0.8, linestyle=":")
+        axes[0].annotate(f"v{decision['version']} {decision['decision']}", (x, 1.0), rotation=90, fontsize=7,
+                         va="top", ha="right")
+    for ax in axes:
+        ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle(f"rollout of {model}: traffic share and SLO signals per version")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def run_profile(profile: str, host: str, dashboard: str, out: Path, app: str = "inference",
+                stop_early: threading.Event | None = None, rollout: tuple[str, ...] = (),
+                env: dict[str, str] | None = None, admin_token: str | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     total_s = sum(s.duration_s for s in PROFILES[profile])
     timings_path = out / "timings.csv"
@@ -115,27 +201,41 @@ def run_profile(profile: str, host: str, dashboard: str, out: Path, app: str = "
     cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", host,
            "--load-profile", profile, "--csv", str(out / "locust"), "--csv-full-history", "--html", str(out / "report.html"),
            "--stop-timeout", "10", "--only-summary", "--loglevel", "WARNING"]
-    env = {**os.environ, "LOADTEST_TIMINGS": str(timings_path), "PYTHONPATH": str(REPO_ROOT)}
-    proc = subprocess.Popen(cmd, env=env, stdout=open(out / "locust.log", "w"), stderr=subprocess.STDOUT)
+    env = {**os.environ, **(env or {}), "LOADTEST_TIMINGS": str(timings_path), "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.Popen(cmd, env=env, stdout=open(out / "locust.log", "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    stopping_since = None
+    stop_early = stop_early or threading.Event()
     try:
         while proc.poll() is None:
-            time.sleep(5)
+            if stopping_since is None:
+                stop_early.wait(5)
+            else:
+                time.sleep(1)
             elapsed = time.time() - started
             done = sum(1 for _ in timings_path.open()) if timings_path.exists() else 0
             print(f"[load] {profile}: {elapsed:5.0f}/{total_s} s, {done} requests", flush=True)
-            if elapsed > total_s + 90:
-                proc.terminate()
+            if stopping_since is None and (elapsed > total_s + 90 or stop_early.is_set()):
+                # SIGINT: Locust stops its users and writes its reports (SIGTERM kills it when a shape runs).
+                proc.send_signal(signal.SIGINT)
+                stopping_since = time.monotonic()
+            elif stopping_since is not None and time.monotonic() - stopping_since > 30:
+                proc.kill()
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait()
         stop.set()
         poller.join(timeout=5)
-    data = []
-    if timings_path.exists():
-        for line in timings_path.read_text().splitlines():
-            t, rt, ok, _ = line.split(",", 3)
-            data.append((float(t), float(rt), int(ok)))
-    timings = np.array(data) if data else np.zeros((0, 3))
+    timings, answered = read_timings(timings_path)
+    rollouts = {}
+    token = admin_token or os.environ.get("RTS_ADMIN_TOKEN", "")
+    for model in rollout:
+        status = fetch_rollout(host, model, token, int(time.time() - started) + 5)
+        if status is not None:
+            rollouts[model] = status
+            (out / f"rollout-{model}.json").write_text(json.dumps(status, indent=2, default=str))
+            plot_rollout(status, timings, answered, started, out / f"rollout-{model}.png")
     stages = stage_summary(timings, [], started, profile)
     (out / "stages.json").write_text(json.dumps(stages, indent=2))
     header = "| stage | users | s | requests | failures | req/s | p50 ms | p90 ms | p99 ms |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
@@ -143,7 +243,12 @@ def run_profile(profile: str, host: str, dashboard: str, out: Path, app: str = "
         f"| {s['stage']} | {s['users']} | {s['duration_s']} | {s['requests']} | {s['failures']} | {s['rps']} | "
         f"{s['p50_ms']} | {s['p90_ms']} | {s['p99_ms']} |\n" for s in stages))
     plot(timings, out / "replicas.csv", started, profile, out / "load.png")
-    return {"out": str(out), "stages": stages, "locust_exit": proc.returncode}
+    versions = {}
+    for who in answered:
+        if who:
+            versions[who] = versions.get(who, 0) + 1
+    return {"out": str(out), "stages": stages, "locust_exit": proc.returncode, "answered": versions,
+            "rollouts": rollouts, "timings": timings, "answered_by": answered, "started": started}
 
 
 def main() -> None:
@@ -153,9 +258,12 @@ def main() -> None:
     parser.add_argument("--dashboard", default="http://127.0.0.1:8265")
     parser.add_argument("--app", default="inference", help="Serve application whose replicas to follow")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--rollout", action="append", default=[], metavar="MODEL",
+                        help="follow this model's rollout (traffic share and SLO signals per version); "
+                             "needs RTS_ADMIN_TOKEN")
     args = parser.parse_args()
     out = args.out or REPO_ROOT / "loadtests" / "results" / time.strftime(f"{args.profile}-%Y%m%d-%H%M%S")
-    result = run_profile(args.profile, args.host, args.dashboard, out, args.app)
+    result = run_profile(args.profile, args.host, args.dashboard, out, args.app, rollout=tuple(args.rollout))
     print((out / "stages.md").read_text())
     print(f"report: {out}")
     sys.exit(0 if result["locust_exit"] in (0, 1) else result["locust_exit"])

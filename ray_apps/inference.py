@@ -19,6 +19,8 @@ or ``serve.run(build_app({...}))`` from Python.
 
 from __future__ import annotations
 
+import os
+import socket
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -29,6 +31,9 @@ from ray.serve.handle import DeploymentHandle
 from services.modelkit import ModelPackage
 from services.modelkit.discovery import load_models
 from services.registry.records import Records
+from services.rollout.controller import ensure_controller
+from services.rollout.live import LiveStats, Reporter
+from services.rollout.routing import Router
 from services.serving.app import create_app
 from services.serving.deps import Gateway
 from services.serving.drift_watch import DriftWatch
@@ -92,7 +97,11 @@ class TritonEnsemble(TritonStage):
 @serve.deployment(name="Ingress")
 @serve.ingress()
 class Ingress:
-    """FastAPI gateway: /v1, OIP /v2, /healthz, /admin. Stages are handles (composed) or local (fused)."""
+    """FastAPI gateway: /v1, OIP /v2, /healthz, /admin. Stages are handles (composed) or local (fused).
+
+    Each replica routes requests between a model's live versions as the rollout controller's
+    routing table says, and reports what it saw to the controller (made here if the cluster has none).
+    """
 
     def __init__(self, args: InferenceAppArgs, preprocess: DeploymentHandle | None = None,
                  triton: DeploymentHandle | None = None, postprocess: DeploymentHandle | None = None) -> None:
@@ -104,11 +113,18 @@ class Ingress:
                       LocalPostprocess(PostprocessStage(models)))
         else:
             stages = (RemotePreprocess(preprocess), RemoteInference(triton), RemotePostprocess(postprocess))
+        records = Records(data_store(settings))
+        router = Router(records, list(models)).start()
         drift = None
         if settings.drift.enabled:
-            drift = DriftWatch(Records(data_store(settings)), models, window=settings.drift.window,
-                               cooldown_s=settings.drift.cooldown_s)
-        self.gateway = Gateway(settings, models, InferencePipeline(*stages, drift=drift))
+            drift = DriftWatch(records, models, window=settings.drift.window, cooldown_s=settings.drift.cooldown_s,
+                               is_production=router.is_production)
+        live = LiveStats(replica=f"{socket.gethostname()}-{os.getpid()}")
+        controller = ensure_controller()
+        Reporter(live, send=lambda snapshot: controller.report.remote(snapshot), watched=router.judged,
+                 drift_of=drift.max_psi if drift is not None else (lambda model, version: None)).start()
+        self.gateway = Gateway(settings, models, InferencePipeline(*stages, models=models, drift=drift, live=live),
+                               router=router, live=live, controller=controller)
 
     def __serve_build_asgi_app__(self):
         return create_app(self.gateway)

@@ -58,3 +58,8 @@ class UpstreamUnavailable(ServingError):
     def __init__(self, message: str, **kwargs) -> None:
         kwargs.setdefault("retry_after_s", 2)
         super().__init__(message, **kwargs)
+
+
+def validation_problems(exc: Exception, root: str) -> list[str]:
+    """What a pydantic ValidationError says, one ``where.it.is: what is wrong`` each (`root` names the top)."""
+    return [f"{'.'.join(map(str, e['loc'])) or root}: {e['msg']}" for e in exc.errors()]

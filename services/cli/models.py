@@ -1,27 +1,29 @@
-"""``rts models ...``: versions of every model: list, build the first one, retrain, roll back."""
+"""``rts models ...``: versions of every model: list, build the first one, retrain; and the rollout (status,
+promote, rollback, policy, fault), through the running gateway's admin API."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from services.cli.common import fail, models, package, print_json, settings
-from services.registry.publish import Registry, VersionNotAvailable
+from services.cli.common import admin, fail, models, package, print_json, settings
+from services.registry.publish import Registry
+from services.rollout.routing import RoutingTable
 from services.retraining.jobs import submit_run, wait_for_run
 from services.retraining.requests import retrain_request
 from services.retraining.run import build_first_version
 from services.registry.repository import ModelRepository
 from services.storage import repository_store
-from services.triton.client import TritonClient
 
-app = typer.Typer(help="Model versions: list, init, retrain, roll back", no_args_is_help=True)
+app = typer.Typer(help="Model versions and their rollout: list, init, retrain, status, promote, rollback, policy, fault", no_args_is_help=True)
 
 
 @app.command("list")
 def list_versions(model: Annotated[Optional[str], typer.Argument(help="one model; default: all")] = None,
                   lineage: Annotated[bool, typer.Option(help="print each version's full lineage as JSON")] = False):
-    """Versions in the model repository with their holdout metric; '*' marks the one serving."""
+    """Versions in the model repository with their holdout metric; '*' marks production."""
     chosen = settings()
     packages = [package(chosen, model)] if model else list(models(chosen).values())
     registry = Registry.open(chosen)
@@ -31,11 +33,11 @@ def list_versions(model: Annotated[Optional[str], typer.Argument(help="one model
     for p, d in zip(packages, described):
         metric = p.task.primary_metric
         typer.echo(f"{p.name} ({p.task.kind}), serving {d['serving']}")
-        typer.echo(f"  {'':2}{'version':>7}  {'holdout ' + metric:>16}  {'created':19}  run")
+        typer.echo(f"  {'':2}{'version':>7}  {'stage':11}  {'holdout ' + metric:>16}  {'created':19}  run")
         for v in d["versions"]:
             value = (v.get("metrics") or {}).get(metric)
             shown = f"{value:.4f}" if isinstance(value, float) else "-"
-            typer.echo(f"  {'*' if v['serving'] else ' ':2}{v['version']:>7}  {shown:>16}  "
+            typer.echo(f"  {'*' if v['serving'] else ' ':2}{v['version']:>7}  {v['stage']:11}  {shown:>16}  "
                        f"{(v.get('created_at') or '-')[:19]:19}  {v.get('run_id') or '-'}")
 
 
@@ -76,15 +78,70 @@ def retrain(model: Annotated[str, typer.Argument(help="the model to retrain")],
     print_json(wait_for_run(chosen, run_id))
 
 
-@app.command("rollback")
-def rollback(model: Annotated[str, typer.Argument(help="the model")],
-             version: Annotated[int, typer.Argument(help="a complete published version to serve again")]):
-    """Serve an earlier version again (seconds; no restart)."""
+@app.command("status")
+def status(model: Annotated[str, typer.Argument(help="the model")],
+           as_json: Annotated[bool, typer.Option("--json", help="everything the controller knows, as JSON")] = False):
+    """Stages of every version, the traffic share of each, and the rollout's latest decisions."""
     chosen = settings()
     p = package(chosen, model)
-    with TritonClient(chosen.triton.grpc_address) as triton:
-        try:
-            seconds = Registry.open(chosen, triton).rollback(p.name, p.family, version)
-        except VersionNotAvailable as exc:
-            raise fail(str(exc)) from None
-    print_json({"model": p.name, "serving": version, "seconds": round(seconds, 3)})
+    data = admin(chosen, "GET", f"/models/{p.name}/status")
+    if as_json:
+        return print_json(data)
+    routing = data.get("routing") or {}
+    typer.echo(f"{p.name}: production {data.get('production')}, policy {data.get('policy', {}).get('strategy')}")
+    shares = {str(v): share for v, share in RoutingTable.model_validate(routing).shares().items()} if routing else {}
+    for version, stage in sorted((data.get("stages") or {}).items(), key=lambda kv: int(kv[0])):
+        window = (data.get("windows") or {}).get(version) or {}
+        share = shares.get(version)
+        typer.echo(f"  {version:>4}  {stage:11}  share {'-' if share is None else f'{share:.0%}':>5}  "
+                   f"requests {window.get('requests', 0):>6}  mirrored {window.get('shadow_requests', 0):>6}  "
+                   f"feedback {window.get('feedback', 0):>5}  accuracy {window.get('accuracy', '-')}")
+    holding = (data.get("state") or {}).get("holding")
+    if holding and data.get("challengers"):
+        typer.echo(f"  holding: {'; '.join(holding['reasons'])}")
+    for decision in (data.get("decisions") or [])[-5:]:
+        typer.echo(f"  decision: version {decision['version']} {decision['decision']}: {'; '.join(decision['reasons'])}")
+
+
+@app.command("promote")
+def promote(model: Annotated[str, typer.Argument(help="the model")],
+            version: Annotated[Optional[int], typer.Argument(help="the version; default: the newest challenger")] = None):
+    """Make a version production now (its predecessor stays loaded: rollback is instant)."""
+    chosen = settings()
+    p = package(chosen, model)
+    print_json(admin(chosen, "POST", f"/models/{p.name}/promote", {"version": version}))
+
+
+@app.command("rollback")
+def rollback(model: Annotated[str, typer.Argument(help="the model")],
+             version: Annotated[Optional[int], typer.Argument(help="a version to make production again; default: "
+                                                              "archive the challengers, or with none go back to the "
+                                                              "production before")] = None):
+    """Roll back (seconds; no restart, no failed request)."""
+    chosen = settings()
+    p = package(chosen, model)
+    print_json(admin(chosen, "POST", f"/models/{p.name}/rollback", {"version": version}))
+
+
+@app.command("policy")
+def policy(model: Annotated[str, typer.Argument(help="the model")],
+           file: Annotated[Optional[Path], typer.Option("--file", "-f", exists=True, dir_okay=False,
+                                                        help="set this YAML policy (validated; no restart)")] = None):
+    """Print the model's delivery policy, or set it from a YAML file."""
+    chosen = settings()
+    p = package(chosen, model)
+    if file is None:
+        return typer.echo(admin(chosen, "GET", f"/models/{p.name}/policy")["yaml"], nl=False)
+    print_json(admin(chosen, "PUT", f"/models/{p.name}/policy", {"yaml": file.read_text()}))
+
+
+@app.command("fault")
+def fault(model: Annotated[str, typer.Argument(help="the model")],
+          version: Annotated[int, typer.Argument(help="the version to hurt")],
+          latency_ms: Annotated[float, typer.Option(help="extra latency per request")] = 0,
+          error_rate: Annotated[float, typer.Option(help="share of requests that fail with 503")] = 0):
+    """Inject latency or failures into one live version, to see the rollout roll it back (0 and 0 ends it)."""
+    chosen = settings()
+    p = package(chosen, model)
+    print_json(admin(chosen, "POST", f"/models/{p.name}/faults",
+                     {"version": version, "latency_ms": latency_ms, "error_rate": error_rate}))

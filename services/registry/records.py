@@ -5,7 +5,9 @@ Keys::
     runs/<run_id>.json                      every run: model, trigger events, stages with timings, outcome
     runs/<run_id>.request.json              what a run was asked to do (written before it is submitted)
     models/<model>/versions/<N>.json        lineage of a published version
-    models/<model>/serving.json             which version serves, and the history of switches
+    models/<model>/stages.json              the stage of every version, and every transition (registry/stages.py)
+    models/<model>/policy.yaml              the model's delivery policy, when changed at run time (rollout/policy.py)
+    models/<model>/routing.json             what the gateways route by, written by the rollout controller
     models/<model>/reference/<N>.json       drift reference of a version (its training inputs and outputs)
     events/processed/<sha1(event id)>.json  dedupe markers (written once the run is recorded)
 """
@@ -90,15 +92,25 @@ class Records:
         key = reference_key(model, version)
         return self.store.get_bytes(key) if self.store.exists(key) else None
 
-    # serving pointer
-    def serving(self, model: str) -> dict:
-        return self._get(f"models/{model}/serving.json") or {"version": None, "history": []}
+    # stages
+    def stages(self, model: str) -> dict | None:
+        return self._get(f"models/{model}/stages.json")
 
-    def set_serving(self, model: str, version: int, reason: str, run_id: str | None = None) -> None:
-        state = self.serving(model)
-        state["history"].append({"version": version, "at": now(), "reason": reason, "run_id": run_id})
-        state.update(version=version, since=now())
-        self._put(f"models/{model}/serving.json", state)
+    def save_stages(self, model: str, book: dict) -> None:
+        self._put(f"models/{model}/stages.json", book)
+
+    # what the rollout side keeps beside them
+    def get_json(self, key: str) -> Any | None:
+        return self._get(key)
+
+    def put_json(self, key: str, value: Any) -> None:
+        self._put(key, value)
+
+    def get_text(self, key: str) -> str | None:
+        return self.store.get_bytes(key).decode() if self.store.exists(key) else None
+
+    def put_text(self, key: str, text: str) -> None:
+        self.store.put_bytes(key, text.encode())
 
     # dedupe
     @staticmethod

@@ -6,16 +6,22 @@ Layout (what Triton reads)::
     <model>/configs/gpu.pbtxt            the GPU variant, same edits
     <model>/<N>/model.onnx, model.py     members (model.py = the Python-backend runner, CPU configs)
     <ensemble>/<N>/ensemble-version.txt  ensembles: a placeholder, object stores have no empty folders
+    <ensemble>__v<N>/config.pbtxt        the version ensemble of N: the ensemble with every step pinned to N
+    <ensemble>__v<N>/<N>/...             (its one version is N too, so Triton's answers name the version)
 
-Versions are immutable once written. Members keep ``version_policy: latest {num_versions: 3}``
-(a new version loads next to the serving one); the ensemble is pinned: ``version_policy:
-specific [N]`` and every step ``model_version: N``, so the ensemble and its members always move
-together and switching (or rolling back) the served version is one ensemble reload in Triton.
+Versions are immutable once written. Members list the versions in play (``version_policy:
+specific [...]``: production, the versions on their way to it, the production replaced last), so
+all of them are loaded side by side. Each version also has its own ensemble, ``<ensemble>__v<N>``,
+loaded once and never reloaded: the gateway routes a request to a version by calling that
+ensemble, so moving traffic between versions reloads nothing. The plain ``<ensemble>`` is pinned to
+the production version (``specific [N]``, every step ``model_version: N``) for callers of Triton
+itself.
 
 Usage::
 
     repo = ModelRepository(open_store("file:///abs/var/model_repository"))
-    repo.write_version(family, 2, {"churn_gbm": onnx_bytes, ...})
+    repo.write_version(family, 2, {"churn_gbm": onnx_bytes, ...})   # members, the ensemble, churn__v2
+    repo.set_in_play(family, [1, 2])                                  # members load both
     repo.pin_ensemble(family, 2)
 """
 
@@ -32,8 +38,12 @@ from services.triton.config import CONFIG_NAME, EnsembleFamily, format_config, p
 
 PYTHON_BACKEND = REPO_ROOT / "triton_models" / "onnx_python_backend.py"
 ENSEMBLE_PLACEHOLDER = "ensemble-version.txt"
-MEMBER_VERSIONS_LOADED = 3
 _VERSION_KEY = re.compile(r"^([^/]+)/(\d+)/")
+
+
+def version_ensemble(ensemble: str, version: int | str) -> str:
+    """The Triton model that serves one version of an ensemble, and only it."""
+    return f"{ensemble}__v{version}"
 
 
 class ModelRepository:
@@ -97,45 +107,64 @@ class ModelRepository:
                 member_files["model.py"] = self._runner(family, member)
             for name in sorted(member_files, key=lambda n: n == "model.py"):
                 self.store.put_bytes(f"{member}/{version}/{name}", member_files[name])
-            self._ensure_member_configs(family, member)
+            self._ensure_member_configs(family, member, version)
+        self._write_version_ensemble(family, version)
         self.store.put_bytes(f"{family.ensemble}/{version}/{ENSEMBLE_PLACEHOLDER}",
                              b"ensemble versions have no files of their own\n")
+
+    def ensure_version_ensemble(self, family: EnsembleFamily, version: int) -> None:
+        """Write the version ensemble of a version published before version ensembles existed."""
+        if not self.store.exists(f"{version_ensemble(family.ensemble, version)}/{CONFIG_NAME}"):
+            self._write_version_ensemble(family, version)
+
+    def _write_version_ensemble(self, family: EnsembleFamily, version: int) -> None:
+        name = version_ensemble(family.ensemble, version)
+        for config_name in self._config_names(family, family.ensemble):
+            config = parse_config((family.sources / family.ensemble / config_name).read_text())
+            config.name = name
+            config.ClearField("version_policy")
+            config.version_policy.specific.versions[:] = [version]
+            for step in config.ensemble_scheduling.step:
+                step.model_version = version
+            self._put_config(name, config_name, config)
+        self.store.put_bytes(f"{name}/{version}/{ENSEMBLE_PLACEHOLDER}", b"ensemble versions have no files of their own\n")
 
     @staticmethod
     def _runner(family: EnsembleFamily, member: str) -> bytes:
         own = family.sources / member / "model.py"
         return own.read_bytes() if own.exists() else PYTHON_BACKEND.read_bytes()
 
-    def _ensure_member_configs(self, family: EnsembleFamily, model: str) -> None:
+    def _ensure_member_configs(self, family: EnsembleFamily, model: str, version: int) -> None:
+        """The repository's copy of a member's configs, loading at least the versions it loaded, and `version`
+        only once it is put in play (``set_in_play``)."""
         for name in self._config_names(family, model):
+            key = f"{model}/{name}"
             config = self.config(family, model, name)
-            if not config.version_policy.HasField("specific"):
-                config.version_policy.latest.num_versions = MEMBER_VERSIONS_LOADED
+            if not self.store.exists(key):  # the first version: it is the one in play
+                config.ClearField("version_policy")
+                config.version_policy.specific.versions[:] = [version]
             self._put_config(model, name, config)
 
-    def keep_member_loadable(self, family: EnsembleFamily, version: int) -> None:
-        """Make each member's version policy load `version` beside the one the ensemble serves now.
-
-        Members keep ``latest {num_versions: 3}`` while that covers both; otherwise (a rollback to an
-        old version, or a new version published while an old one serves) they list the versions
-        to load, newest first filling the rest: loading one version never unloads the serving one.
-        """
-        serving = self.served_version(family)
-        wanted = {version} | ({serving} if serving is not None else set())
+    def set_in_play(self, family: EnsembleFamily, versions: list[int]) -> None:
+        """Make every member load exactly these versions (side by side); Triton applies it on the next load."""
+        versions = sorted(set(versions))
+        if not versions:
+            raise ValueError(f"{family.ensemble}: at least one version must stay in play")
+        for member in family.members:  # every member checked before any is changed: they stay in step
+            missing = set(versions) - set(self.versions(member))
+            if missing:
+                raise FileNotFoundError(f"{member} has no versions {sorted(missing)}")
         for member in family.members:
-            latest = self.versions(member)[-MEMBER_VERSIONS_LOADED:]
-            keep = None
-            if not wanted <= set(latest):
-                room = max(0, MEMBER_VERSIONS_LOADED - len(wanted))
-                keep = sorted(wanted | set([v for v in reversed(latest) if v not in wanted][:room]))
             for name in self._config_names(family, member):
                 config = self.config(family, member, name)
                 config.ClearField("version_policy")
-                if keep is None:
-                    config.version_policy.latest.num_versions = MEMBER_VERSIONS_LOADED
-                else:
-                    config.version_policy.specific.versions[:] = keep
+                config.version_policy.specific.versions[:] = versions
                 self._put_config(member, name, config)
+
+    def loaded_versions(self, family: EnsembleFamily) -> list[int]:
+        """The versions the members' configs say to load."""
+        config = self.config(family, family.members[0])
+        return sorted(config.version_policy.specific.versions)
 
     def pin_ensemble(self, family: EnsembleFamily, version: int) -> None:
         """Point the ensemble (all its config variants) at `version` of itself and its members."""

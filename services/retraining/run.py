@@ -1,4 +1,4 @@
-"""One retraining run of one model: validate -> train -> evaluate and gate -> publish -> load and verify -> switch.
+"""One retraining run of one model: validate -> train -> evaluate and gate -> publish -> load and verify -> go live.
 
 Runs as a Ray Job (the dashboard shows it with its logs), submitted by the listener, the CLI, the
 admin API or a serverless adapter through ``services.retraining.jobs``::
@@ -9,8 +9,11 @@ The first version of a model is built by the same steps, in this process, with n
 Triton yet (``build_first_version``, what ``rts models init`` and ``make up`` run).
 
 Each step is one function below. A run that fails at any step leaves serving untouched; its record
-(``runs/<run_id>.json``) says which step and why. A run with no new accepted data since the serving
-version publishes nothing and is recorded as ``skipped`` (unless a request says ``force``).
+(``runs/<run_id>.json``) says which step and why. A run with no new accepted data since the newest
+version in play publishes nothing and is recorded as ``skipped`` (unless a request says ``force``);
+when drift asked for it, that is an alert (``rts_drift_alerts_total``), not a version. A version that
+passed its gates goes live as the model's policy says: production at once (``direct``), or a
+candidate the rollout controller takes through shadow and canary (``services/rollout``).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import logging
 import sys
 import time
 import traceback
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -32,18 +35,21 @@ from services.modelkit import Dataset, ModelPackage, row_hashes
 from services.modelkit.discovery import load_models
 from services.registry.publish import Registry
 from services.registry.records import code_version, now
+from services.registry.stages import LIVE
 from services.retraining import dataset
 from services.retraining.gates import gates_to_json, run_gates
 from services.retraining.locking import exclusive_run
 from services.retraining.requests import RunRequest, new_run_id
 from services.retraining.training import train_here, train_on_ray
+from services.rollout.controller import rollout_paused
+from services.rollout.policy import Policy, load_policy
 from services.settings import Settings, get_settings
 from services.storage import ObjectStore, data_store
 from services.telemetry import metrics
 from services.telemetry.drift import ReferenceStats
 from services.telemetry.tracing import attached_context, configure_tracing, force_flush, span
 from services.triton.client import TritonClient
-from services.triton.onnx_ensemble import OnnxEnsemble
+from services.triton.onnx_ensemble import OnnxEnsemble, as_inputs
 
 log = logging.getLogger("retraining")
 
@@ -65,8 +71,12 @@ class Run:
     registry: Registry
     events: list[dict]
     force: bool
+    policy: Policy = field(default_factory=Policy)
     record: dict = field(default_factory=dict)
     train: Callable[..., Any] | None = None  # (features, targets, params) -> trained
+    # Around loading a new version beside the live ones and adding it to the stages: the rollout
+    # controller decides nothing meanwhile (in a cluster), so their writes never interleave.
+    going_live: Callable[[], AbstractContextManager] = nullcontext
 
     @property
     def model(self) -> str:
@@ -122,15 +132,24 @@ def validate(run: Run) -> TrainingData:
         st["files"] = [report.__dict__ for report in reports]
         st["accepted_files"] = [r.moved_to for r in reports if r.accepted]
         st["rejected_files"] = [r.moved_to for r in reports if not r.accepted]
+        st["quarantined_files"] = quarantine_rolled_back(run)
         parts, files = dataset.load_accepted(store, package)
-        serving = run.registry.serving_version(package.family)
-        serving_record = run.registry.records.version(run.model, serving) if serving is not None else None
-        trained_on = {f["sha256"] for f in ((serving_record or {}).get("data") or {}).get("files", [])}
+        book = run.registry.stages(run.model)
+        live = book.in_stage(*LIVE)
+        basis = live[-1] if live else None  # the newest version in play: production, or a candidate on its way
+        basis_record = run.registry.records.version(run.model, basis) if basis is not None else None
+        trained_on = {f["sha256"] for f in ((basis_record or {}).get("data") or {}).get("files", [])}
         new = [f["key"] for f in files if f["sha256"] not in trained_on]
-        st.update(serving_version=serving, new_files=new)
-        if serving is not None and not new and not run.force:
-            run.finish("skipped", f"no new accepted data since version {serving} (it was trained on the same "
-                                  f"{len(files)} accepted files); nothing to publish")
+        st.update(serving_version=book.production, compared_with=basis, new_files=new)
+        if basis is not None and not new and not run.force:
+            drift = [e for e in run.events if (e.get("data") or {}).get("reason") == "drift"]
+            if drift:  # drift tells the world moved; only new labels can teach the model how
+                metrics.record_drift_alert(run.model)
+                log.warning("[%s] drift on %s with no new labelled data: an alert, no new version", run.run_id,
+                            run.model)
+            run.finish("skipped", f"no new accepted data since version {basis} (it was trained on the same "
+                                  f"{len(files)} accepted files); nothing to publish"
+                       + ("; drift alert raised" if drift else ""))
             raise Stop
         # The holdout never enters training, even if someone uploads its rows.
         holdout = set(row_hashes(split.holdout.x))
@@ -139,6 +158,24 @@ def validate(run: Run) -> TrainingData:
             extra = extra[np.array([h not in holdout for h in row_hashes(extra.x)], dtype=bool)]
         train = Dataset.concat([split.train, extra]) if extra is not None and len(extra) else split.train
         return TrainingData(train, files)
+
+
+def quarantine_rolled_back(run: Run) -> list[str]:
+    """Files that made a version its live signals rolled back are kept out of training, like a failed gate's."""
+    book = run.registry.stages(run.model)
+    reached_production = {t["version"] for t in book.transitions if t["to"] == "production"}
+    rolled_back = [v for v, s in book.versions.items() if s == "archived" and v not in reached_production]
+    production_files = set()
+    if book.production is not None:
+        production_files = {f["key"] for f in (((run.registry.records.version(run.model, book.production) or {})
+                                                 .get("data") or {}).get("files", []))}
+    moved = []
+    for version in rolled_back:
+        record = run.registry.records.version(run.model, version) or {}
+        keys = [f["key"] for f in (record.get("data") or {}).get("files", []) if f["key"] not in production_files]
+        moved += dataset.quarantine(run.store, run.package, keys, run.run_id,
+                                    f"version {version}, trained on it, was rolled back by its live signals")
+    return moved
 
 
 def train(run: Run, data: TrainingData) -> Any:
@@ -156,7 +193,7 @@ def evaluate_and_gate(run: Run, trained: Any) -> Candidate:
     with run.stage("evaluate_and_gate") as st:
         onnx_files = package.export(trained)
         candidate = OnnxEnsemble(package.family, onnx_files)
-        serving = run.registry.serving_version(package.family)
+        serving = run.registry.production(run.model)
         production = (OnnxEnsemble(package.family, {m: run.registry.repository.read_member(m, serving)
                                                     for m in package.family.members})
                       if serving is not None else None)
@@ -186,16 +223,28 @@ def publish(run: Run, candidate: Candidate) -> int:
 def load_and_verify(run: Run, candidate: Candidate, version: int) -> None:
     rows = run.package.holdout_features()[:64]
     with run.stage("load_and_verify") as st:
-        st["seconds_in_triton"] = run.registry.load_and_verify(run.package.family, version, rows,
-                                                               candidate.ensemble.run({run.package.family.config
-                                                                                       .inputs[0].name: rows}))
+        st["seconds_in_triton"] = run.registry.load_and_verify(run.model, run.package.family, version, rows,
+                                                               candidate.ensemble.run(as_inputs(run.package.family,
+                                                                                                rows)))
 
 
-def switch(run: Run, version: int) -> None:
-    with run.stage("switch") as st:
-        st["seconds_in_triton"] = run.registry.switch(run.model, run.package.family, version,
-                                                      reason="retraining run passed its gates", run_id=run.run_id)
-    metrics.set_served_version(run.model, version)
+def go_live(run: Run, version: int, candidate: Candidate) -> None:
+    """Production at once when the policy is direct (and for a model's first version); else a candidate
+    that the rollout controller takes through the policy (shadow, canary, ...)."""
+    numbers = {"holdout": (candidate.metrics.get("candidate") or {}).get(run.package.task.primary_metric)}
+    by = f"retraining run {run.run_id}"
+    with run.stage("go_live") as st:
+        if run.policy.strategy == "direct" or run.registry.production(run.model) is None:
+            st["seconds_in_triton"] = run.registry.promote(run.model, run.package.family, version, by=by,
+                                                           reason="passed its gates (policy: direct)",
+                                                           numbers=numbers)
+            st["stage"] = "production"
+            metrics.set_served_version(run.model, version)
+        else:
+            run.registry.add_candidate(run.model, run.package.family, version, by=by, numbers=numbers,
+                                       reason=f"passed its gates; the {run.policy.strategy} policy takes it live")
+            st["stage"] = "candidate"
+    run.record["stage"] = st["stage"]
 
 
 def record_version(run: Run, data: TrainingData, candidate: Candidate, version: int) -> None:
@@ -232,9 +281,10 @@ def execute(run: Run, *, with_triton: bool) -> dict:
         trained = train(run, data)
         candidate = evaluate_and_gate(run, trained)
         version = publish(run, candidate)
-        if with_triton:
-            load_and_verify(run, candidate, version)
-        switch(run, version)
+        with run.going_live():
+            if with_triton:
+                load_and_verify(run, candidate, version)
+            go_live(run, version, candidate)
         record_version(run, data, candidate, version)
         run.finish("published")
     except Stop:
@@ -254,9 +304,12 @@ def retrain(request: RunRequest, settings: Settings) -> dict:
     """The run a job was submitted for: Ray Train for training, the stack's Triton for the switch."""
     package = load_models(settings)[request.model]
     with TritonClient(settings.triton.grpc_address) as triton:
-        run = Run(request.run_id, package, settings, data_store(settings), Registry.open(settings, triton),
-                  [json.loads(e.model_dump_json()) for e in request.events], request.force)
+        registry = Registry.open(settings, triton)
+        run = Run(request.run_id, package, settings, data_store(settings), registry,
+                  [json.loads(e.model_dump_json()) for e in request.events], request.force,
+                  load_policy(package, registry.records))
         run.train = lambda x, y, params: train_on_ray(package, x, y, params, settings, request.run_id)
+        run.going_live = lambda: rollout_paused(f"retraining run {request.run_id}")
         return execute(run, with_triton=True)
 
 

@@ -18,7 +18,8 @@ import yaml
 from pydantic import SecretStr
 
 from services.modelkit.discovery import load_models
-from services.registry.repository import ModelRepository
+from services.registry.publish import Registry
+from services.registry.repository import ModelRepository, version_ensemble
 from services.retraining.dataset import DataPaths
 from services.retraining.jobs import job_env
 from services.retraining.run import build_first_version
@@ -37,8 +38,10 @@ def ensure_models(settings: Settings, say: Callable[[str], None] = print) -> str
     """
     store = repository_store(settings)
     repository = ModelRepository(store)
+    registry = Registry.open(settings)
     for name, package in load_models(settings).items():
         if repository.versions(package.family.ensemble):
+            registry.adopt(name, package.family)  # a repository from before stages: production is what served
             continue
         say(f"no {name} model in {settings.model_repository_uri}: training version 1 (a few seconds) ...")
         record = build_first_version(package, settings)
@@ -117,8 +120,14 @@ class Stack:
         return self
 
     def new_triton(self) -> TritonServer:
-        """The bundled tritonserver of this stack, loading every configured model's ensemble."""
-        ensembles = tuple(p.family.ensemble for p in load_models(self.settings).values())
+        """The bundled tritonserver of this stack, loading every configured model's ensemble and the version
+        ensembles of the versions in play (production, the ones on their way, the production before)."""
+        registry = Registry.open(self.settings)
+        ensembles = []
+        for name, package in load_models(self.settings).items():
+            ensembles.append(package.family.ensemble)
+            ensembles += [version_ensemble(package.family.ensemble, v) for v in registry.stages(name).in_play()]
+        ensembles = tuple(ensembles)
         return TritonServer(self.triton_repository, self.settings, load_models=ensembles,
                             work_dir=self.work_dir / "triton",
                             extra_args=tuple(triton_trace_args(rate=self.settings.triton.trace_rate)))

@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from services.errors import InvalidInput, ServingError
 from services.serving.deps import Gateway
 from services.serving.middleware import BodySizeLimit, RequestId, error_response, is_oip_path
-from services.serving.routes import admin, health, models, oip
+from services.serving.routes import admin, feedback, health, models, oip
 from services.serving.routes.predict import predict_router
 from services.telemetry.instrument import ObservabilityMiddleware, add_metrics_route
 
@@ -42,6 +42,7 @@ def create_app(gateway: Gateway) -> FastAPI:
     install_error_handlers(app)
     app.include_router(predict_router(gateway.models))  # first: the hot routes match before any other
     app.include_router(health.router)
+    app.include_router(feedback.router)
     app.include_router(models.router)
     app.include_router(oip.router)
     app.include_router(admin.router)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Annotated
+from typing import Annotated, Any, Mapping
 
 from fastapi import Depends, Header, Request
 
@@ -19,6 +19,8 @@ from services.errors import ServingError
 from services.modelkit import ModelPackage
 from services.modelkit.discovery import model_named
 from services.registry.publish import Registry
+from services.rollout.live import LiveStats
+from services.rollout.routing import PLAIN, Route, Router
 from services.serving.pipeline import InferencePipeline
 from services.settings import Settings
 from services.triton.client import TritonClient
@@ -26,11 +28,15 @@ from services.triton.client import TritonClient
 
 @dataclass
 class Gateway:
-    """Everything the routes share: settings, the served model packages, the pipeline, the registry."""
+    """Everything the routes share: settings, the served model packages, the pipeline, the registry, and
+    the rollout side (the router that picks a version per request, the live stats, the controller)."""
 
     settings: Settings
     models: dict[str, ModelPackage]
     pipeline: InferencePipeline
+    router: Router | None = None  # None: every request goes to the plain (production) ensemble
+    live: LiveStats | None = None
+    controller: Any = None  # the rollout controller's actor handle, when running in a Ray cluster
     default_model: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -40,6 +46,9 @@ class Gateway:
     def registry(self) -> Registry:
         """Versions and rollbacks (admin, /v1/models); made on first use, off the predict path."""
         return Registry.open(self.settings, TritonClient(self.settings.triton.grpc_address))
+
+    def route(self, model: str, headers: Mapping[str, str], request_id: str) -> Route:
+        return self.router.choose(model, headers, request_id) if self.router is not None else PLAIN
 
 
 # Dependencies are `async def` on purpose: FastAPI runs a plain `def` dependency in a thread pool,

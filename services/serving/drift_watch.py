@@ -1,13 +1,14 @@
 """Drift watching in the serving path: windowed statistics of served traffic vs the served version's reference.
 
 Each published version stores its drift reference (``models/<model>/reference/<version>.json``,
-``services.registry.records``). The watch keeps one DriftMonitor per model for the version that
-is answering; when that version changes it loads the new reference (off the request path) and
-starts a fresh window. When the window drifts past the thresholds, a retrain request is written
-to ``datasets/<model>/requests/`` in the data bucket: the same event path as new data (folder
-watcher, S3 -> SQS, GCS -> Pub/Sub), so the listener, dedupe and debounce apply. A drift request
-with no new data since the serving version is recorded by its run as skipped: drift alone never
-publishes a version.
+``services.registry.records``). The watch keeps one DriftMonitor per model and version that
+answers (or sees mirrored traffic), loading its reference off the request path the first time.
+When the production version's window drifts past the thresholds, a retrain request is written to
+``datasets/<model>/requests/`` in the data bucket: the same event path as new data (folder watcher,
+S3 -> SQS, GCS -> Pub/Sub), so the listener, dedupe and debounce apply. A drift request with no new
+data since the serving version is recorded by its run as skipped, with an alert: drift alone never
+publishes a version. A challenger's drift (its largest PSI, ``max_psi``) is one of the SLOs the
+rollout controller judges it on.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -41,12 +42,14 @@ class DriftWatch:
 
     def __init__(self, records: Records, models: dict[str, ModelPackage], *, window: int = 500,
                  cooldown_s: float = 600.0, check_every: int = 250, min_check_interval_s: float = 2.0,
-                 ingest_interval_s: float = 0.25, max_queued: int = 10_000, retry_missing_s: float = 60.0) -> None:
-        self.records, self.models = records, models
+                 ingest_interval_s: float = 0.25, max_queued: int = 10_000, retry_missing_s: float = 60.0,
+                 is_production: Callable[[str, str], bool] = lambda model, version: True) -> None:
+        self.records, self.models, self.is_production = records, models, is_production
         self.window, self.cooldown_s, self.check_every = window, cooldown_s, check_every
         self.min_check_interval_s, self.ingest_interval_s = min_check_interval_s, ingest_interval_s
         self.retry_missing_s = retry_missing_s
-        self.triggers: dict[str, tuple[str, DriftTrigger]] = {}
+        self.triggers: dict[tuple[str, str], DriftTrigger] = {}
+        self.answering: dict[str, str] = {}  # model -> the version that answered last (what /drift shows)
         self._loading: set[tuple[str, str]] = set()
         self._missing: dict[tuple[str, str], float] = {}  # no reference yet: do not look again before then
         # Oldest batches are dropped if the worker falls behind: the window is a sample anyway.
@@ -55,13 +58,17 @@ class DriftWatch:
         self._worker: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def observe(self, model: str, version: str, rows: np.ndarray, outputs: dict[str, np.ndarray]) -> None:
-        current = self.triggers.get(model)
-        if current is None or current[0] != version:
+    def observe(self, model: str, version: str, rows: np.ndarray, outputs: dict[str, np.ndarray],
+                answered: bool = True) -> None:
+        """A served batch (or, `answered=False`, a mirrored one) of `version`: queued, nothing computed here."""
+        if answered:
+            self.answering[model] = version
+        trigger = self.triggers.get((model, version))
+        if trigger is None:
             self._load_async(model, version)
             return
         package = self.models[model]
-        self._queue.append((model, current[1], rows, outputs[package.family.config.outputs[0].name]))
+        self._queue.append((model, trigger, rows, outputs[package.family.config.outputs[0].name]))
         if self._worker is None:
             with self._lock:
                 if self._worker is None:
@@ -83,7 +90,7 @@ class DriftWatch:
             try:
                 for trigger, added in self._ingest().items():
                     since_check[trigger] = since_check.get(trigger, 0) + added
-                current = {t for _, t in self.triggers.values()}
+                current = set(self.triggers.values())
                 for stale in [t for t in since_check if t not in current]:  # a version that stopped serving
                     del since_check[stale]
                 if time.monotonic() - last_check < self.min_check_interval_s:
@@ -116,11 +123,21 @@ class DriftWatch:
                 added[trigger] += trigger.monitor.observe(values, output)
         return added
 
-    def report(self, model: str) -> dict[str, Any] | None:
-        current = self.triggers.get(model)
-        if current is None:
+    def report(self, model: str, version: str | None = None) -> dict[str, Any] | None:
+        version = version or self.answering.get(model)
+        trigger = self.triggers.get((model, version)) if version is not None else None
+        if trigger is None:
             return None
-        return {"model": model, "version": current[0], **current[1].monitor.report()}
+        return {"model": model, "version": version, **trigger.monitor.report()}
+
+    def max_psi(self, model: str, version: str) -> float | None:
+        """The largest PSI of a version's window (None before it holds min_samples rows)."""
+        trigger = self.triggers.get((model, version))
+        if trigger is None:
+            return None
+        report = trigger.monitor.report()
+        scores = [v for k, v in report.get("scores", {}).items() if k.startswith("psi_")]
+        return max(scores) if report.get("ready") and scores else None
 
     def _load_async(self, model: str, version: str) -> None:
         with self._lock:
@@ -136,10 +153,12 @@ class DriftWatch:
                 log.warning("no drift reference for %s version %s; drift is not watched for it", model, version)
                 self._missing[(model, version)] = time.monotonic() + self.retry_missing_s
                 return
-            trigger = DriftTrigger(DriftMonitor(ReferenceStats.from_json(text), self.window), model,
-                                   lambda report: self._request_retraining(model, report), cooldown_s=self.cooldown_s,
-                                   check_every=self.check_every, on_report=metrics.set_drift)
-            self.triggers[model] = (version, trigger)
+            self.triggers[(model, version)] = DriftTrigger(
+                DriftMonitor(ReferenceStats.from_json(text), self.window), model,
+                lambda report: self._request_retraining(model, version, report), cooldown_s=self.cooldown_s,
+                check_every=self.check_every,
+                # The drift gauges are production's: a challenger's window is judged by the rollout instead.
+                on_report=lambda m, report: metrics.set_drift(m, report) if self.is_production(m, version) else None)
             log.info("watching drift of %s version %s", model, version)
         except Exception:
             log.exception("could not load the drift reference of %s version %s", model, version)
@@ -147,7 +166,9 @@ class DriftWatch:
             with self._lock:
                 self._loading.discard((model, version))
 
-    def _request_retraining(self, model: str, report: dict) -> None:
+    def _request_retraining(self, model: str, version: str, report: dict) -> None:
+        if not self.is_production(model, version):
+            return  # a challenger's drift is a rollout SLO (max_psi), not a reason to retrain
         slim = {k: v for k, v in report.items() if k not in ("feature_shift", "thresholds")}
         event = retrain_request(model, "drift", source="rts/drift", extra={"report": slim})
         key = write_request(self.records.store, event, background=True)

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from services.errors import ServingError
 from services.modelkit import ModelPackage
 from services.modelkit.discovery import model_named
+from services.registry.repository import version_ensemble
 from services.settings import TritonSettings
 from services.triton.client import InferResult, TritonClient
 from services.triton.onnx_ensemble import as_inputs
@@ -54,9 +55,11 @@ class TritonStage:
 
     async def infer(self, model: str, rows: np.ndarray, version: str = "",
                     headers: dict[str, str] | None = None) -> InferResult:
+        """`version` "": the plain ensemble (production as pinned); else that version's own ensemble, which
+        stays loaded while the version is in play: routing between versions reloads nothing."""
         family = model_named(self.models, model).family
-        return await self.client.infer(family.ensemble, as_inputs(family, rows), self._outputs[model], version,
-                                       headers)
+        name = version_ensemble(family.ensemble, version) if version else family.ensemble
+        return await self.client.infer(name, as_inputs(family, rows), self._outputs[model], version, headers)
 
     async def health(self) -> tuple[bool, str]:
         """(ready, reason): Triton is up and every model's ensemble is loaded."""

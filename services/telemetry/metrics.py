@@ -87,6 +87,19 @@ METRIC_FAMILIES = {f.name: f for f in (
     Family("counter", "rts_schema_violations_total", "Inputs with the wrong shape or out-of-range values",
            ("model", "kind")),
     Family("counter", "rts_drift_triggers_total", "Retraining requests emitted because of drift", ("model",)),
+    Family("counter", "rts_drift_alerts_total", "Drift with no new labelled data behind it: an alert, no version",
+           ("model",)),
+    Family("gauge", "rts_traffic_share", "Share of live traffic each version is routed (the rollout's plan)",
+           ("model", "version")),
+    Family("gauge", "rts_version_stage", "1 for the stage each version is in", ("model", "version", "stage")),
+    Family("counter", "rts_rollout_decisions_total", "Rollout decisions by kind (advance, promote, rollback...)",
+           ("model", "decision")),
+    Family("gauge", "rts_live_accuracy", "Accuracy of each version on joined feedback in its current window "
+           "(regressors: mean absolute error)", ("model", "version")),
+    Family("gauge", "rts_shadow_disagreement", "Share of mirrored requests where a version disagreed with production",
+           ("model", "version")),
+    Family("counter", "rts_feedback_total", "Feedback received, by what became of it (joined, pending, expired)",
+           ("model", "status")),
 )}
 
 
@@ -280,6 +293,41 @@ def set_drift(model: str, report: Mapping[str, Any]) -> None:
             m.set("rts_drift_score", {"model": model, "statistic": stat}, float(value))
     m.set("rts_drift_detected", {"model": model}, 1.0 if report.get("drifted") else 0.0)
     m.set("rts_drift_window_samples", {"model": model}, float(report.get("samples", 0)))
+
+
+def record_drift_alert(model: str) -> None:
+    get_metrics().inc("rts_drift_alerts_total", {"model": model})
+
+
+def set_traffic_shares(model: str, shares: Mapping[int | str, float], known: set[str] | None = None) -> None:
+    """The planned share per version; versions in `known` that are no longer routed drop to 0."""
+    m = get_metrics()
+    for version in (known or set()) - {str(v) for v in shares}:
+        m.set("rts_traffic_share", {"model": model, "version": version}, 0.0)
+    for version, share in shares.items():
+        m.set("rts_traffic_share", {"model": model, "version": str(version)}, float(share))
+
+
+def set_version_stage(model: str, version: int | str, stage: str, stages: tuple[str, ...]) -> None:
+    m = get_metrics()
+    for s in stages:
+        m.set("rts_version_stage", {"model": model, "version": str(version), "stage": s}, 1.0 if s == stage else 0.0)
+
+
+def record_rollout_decision(model: str, decision: str) -> None:
+    get_metrics().inc("rts_rollout_decisions_total", {"model": model, "decision": decision})
+
+
+def set_live_quality(model: str, version: int | str, accuracy: float | None, disagreement: float | None) -> None:
+    m = get_metrics()
+    if accuracy is not None:
+        m.set("rts_live_accuracy", {"model": model, "version": str(version)}, float(accuracy))
+    if disagreement is not None:
+        m.set("rts_shadow_disagreement", {"model": model, "version": str(version)}, float(disagreement))
+
+
+def record_feedback(model: str, status: str) -> None:
+    get_metrics().inc("rts_feedback_total", {"model": model or "", "status": status})
 
 
 def record_drift_trigger(model: str) -> None:

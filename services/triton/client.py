@@ -126,6 +126,9 @@ class TritonClient:
     def load(self, model: str) -> None:
         self._sync_client().load_model(model, client_timeout=self.control_timeout_s)
 
+    def unload(self, model: str) -> None:
+        self._sync_client().unload_model(model, client_timeout=self.control_timeout_s)
+
     def ready_versions(self, model: str) -> list[int]:
         index = self._sync_client().get_model_repository_index(as_json=True).get("models", [])
         return sorted(int(m["version"]) for m in index if m.get("name") == model and m.get("state") == "READY"

@@ -28,6 +28,8 @@ CONFIG = REPO_ROOT / "infra" / "prometheus" / "prometheus.yml"
 def render(stack, path) -> None:
     config = yaml.safe_load(CONFIG.read_text())
     config["global"]["scrape_interval"] = "1s"
+    config["global"]["evaluation_interval"] = "1s"
+    config["rule_files"] = [str(CONFIG.parent / name) for name in config["rule_files"]]  # relative to the file
     for job in config["scrape_configs"]:
         for sd in job.get("file_sd_configs", []):
             sd["files"] = [f.replace("/tmp/rts-ray", str(stack.settings.ray.temp_dir)) for f in sd["files"]]
@@ -93,5 +95,19 @@ def test_shipped_config_scrapes_gateway_metrics_through_ray_and_triton(stack, ga
     assert not query(prometheus, "ray_rts_requests_total")  # renamed, not duplicated
     stages = {s["metric"]["stage"] for s in wait_for_series(prometheus, "rts_stage_seconds_count")}
     assert {"preprocess", "triton", "postprocess", "total"} <= stages
-    assert wait_for_series(prometheus, 'nv_inference_request_success{job="triton",model="digits"}')
+    # Requests reach Triton through each version's own ensemble (digits__v<N>) once the rollout routes them.
+    triton = wait_for_series(prometheus, 'nv_inference_request_success{job="triton",model=~"digits(__v[0-9]+)?"}')
+    assert sum(float(s["value"][1]) for s in triton) >= 5
     assert all(s["value"][1] == "1" for s in query(prometheus, "up"))
+
+
+def test_shipped_alert_rules_are_loaded_and_evaluated(prometheus):
+    rules = httpx.get(f"{prometheus}/api/v1/rules", timeout=5).json()["data"]["groups"]
+    loaded = {r["name"]: r for g in rules for r in g["rules"]}
+    assert {"ModelDriftWithoutNewData", "ModelVersionRolledBack", "RolloutStalled"} <= set(loaded)
+    deadline = time.monotonic() + 30
+    while any(r["health"] == "unknown" for r in loaded.values()) and time.monotonic() < deadline:
+        time.sleep(1)
+        rules = httpx.get(f"{prometheus}/api/v1/rules", timeout=5).json()["data"]["groups"]
+        loaded = {r["name"]: r for g in rules for r in g["rules"]}
+    assert all(r["health"] == "ok" for r in loaded.values()), {n: r.get("lastError") for n, r in loaded.items()}

@@ -96,10 +96,39 @@ def test_a_new_version_gets_its_own_reference_and_a_fresh_window(digits, tmp_pat
     watch.observe("digits", "1", normal, scores)
     wait_for(lambda: watch.report("digits")["samples"] == 64)
     watch.observe("digits", "2", normal[:8], scores)  # version 2 answers now: load its reference
-    wait_for(lambda: watch.report("digits")["version"] == "2")
+    wait_for(lambda: (r := watch.report("digits")) and r["version"] == "2")
     assert watch.report("digits")["samples"] == 0
     watch.observe("digits", "2", normal[:8], {"probabilities": scores["probabilities"][:8]})
     wait_for(lambda: watch.report("digits")["samples"] == 8)
+    assert watch.report("digits", "1")["samples"] == 64  # version 1's window is kept beside it
+
+
+def test_a_challengers_drift_is_a_rollout_signal_not_a_retrain_request(digits, tmp_path):
+    """Drift of a version that is not production (a shadow or canary) gives its PSI to the rollout
+    controller (``max_psi``) and requests no retraining; production's drift still does."""
+    metrics.reset_metrics("prometheus")
+    store = records(tmp_path, digits, ("1", "2"))
+    watch = DriftWatch(store, {"digits": digits.package}, window=200, check_every=100, min_check_interval_s=0.1,
+                       ingest_interval_s=0.01, is_production=lambda model, version: version == "1")
+    noisy = np.clip(np.random.default_rng(0).uniform(0, 16, (400, 64)), 0, 16).astype(np.float32)
+    scores = {"probabilities": digits.scores(noisy)}
+    watch.observe("digits", "2", noisy[:8], scores, answered=False)  # mirrored: loads version 2's reference
+    wait_for(lambda: watch.report("digits", "2"))
+    assert watch.max_psi("digits", "2") is None  # not enough rows yet
+    for start in range(0, 400, 50):
+        watch.observe("digits", "2", noisy[start:start + 50], {"probabilities": scores["probabilities"][start:start + 50]},
+                      answered=False)
+    psi = wait_for(lambda: watch.max_psi("digits", "2"))
+    assert psi > 0.3
+    assert watch.report("digits") is None  # no version has answered a user: nothing to show for the model
+    time.sleep(0.5)
+    assert requests_written(store) == [] and metrics.sample_value("rts_drift_triggers_total", {"model": "digits"}) in (None, 0)
+
+    watch.observe("digits", "1", noisy[:8], scores)  # production drifts the same way: that is a retrain request
+    wait_for(lambda: watch.report("digits", "1"))
+    for start in range(0, 400, 50):
+        watch.observe("digits", "1", noisy[start:start + 50], {"probabilities": scores["probabilities"][start:start + 50]})
+    wait_for(lambda: requests_written(store))
 
 
 def test_a_version_without_a_reference_is_not_watched_and_not_looked_up_per_request(digits, tmp_path):

@@ -27,3 +27,31 @@ def test_serve_config_args_match_the_builder():
     for path in CONFIGS.glob("*.yaml"):
         for app in yaml.safe_load(path.read_text())["applications"]:
             InferenceAppArgs.model_validate(app.get("args", {}))
+
+
+def test_dashboard_and_alerts_query_only_metrics_the_code_records():
+    """A renamed metric or label leaves a panel or an alert empty forever; this keeps them in step."""
+    import json
+    import re
+
+    from services.telemetry.metrics import METRIC_FAMILIES
+
+    dashboard = json.loads((REPO_ROOT / "infra" / "grafana" / "dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    alerts = yaml.safe_load((REPO_ROOT / "infra" / "prometheus" / "alerts.yml").read_text())
+    exprs += [r["expr"] for g in alerts["groups"] for r in g["rules"]]
+    suffixes = ("_bucket", "_count", "_sum")
+    checked = 0
+    for expr in exprs:
+        for name, selector in re.findall(r"\b(rts_[a-z_]+)(\{[^}]*\})?", expr):
+            family = METRIC_FAMILIES.get(name) or next(
+                (METRIC_FAMILIES[name[:-len(s)]] for s in suffixes if name.endswith(s) and name[:-len(s)] in
+                 METRIC_FAMILIES), None)
+            assert family is not None, f"{expr!r} queries {name}, which the code never records"
+            labels = set(re.findall(r"([a-z_]+)\s*[=!]~?", selector or ""))
+            allowed = set(family.labels) | ({"le"} if family.kind == "histogram" else set())
+            assert labels <= allowed, f"{expr!r}: {name} has no labels {labels - allowed}"
+            checked += 1
+    assert checked > 20
+    assert {"rts_traffic_share", "rts_version_stage", "rts_drift_alerts_total"} <= \
+        {n for e in exprs for n in re.findall(r"\brts_[a-z_]+", e)}

@@ -5,7 +5,7 @@
   name, not even in an example. Model packages import only the contract (services.modelkit) and
   what it stands on.
 - Imports go one way, from the request path and the retraining loop down to the ports:
-  cli > runtime, ray_apps > serving > retraining > registry > modelkit > triton, events > storage,
+  cli > runtime, ray_apps > serving > retraining > rollout > registry > modelkit > triton, events > storage,
   telemetry > settings, errors. A package imports only packages below it.
 - No platform import hides inside a function (they hid two-way ties); third-party libraries may
   still be imported lazily where they are heavy or optional.
@@ -28,10 +28,11 @@ LAYERS = {
     "triton": 2, "events": 2,
     "modelkit": 3,
     "registry": 4,
-    "retraining": 5,
-    "serving": 6,
-    "runtime": 7, "ray_apps": 7,
-    "cli": 8,
+    "rollout": 5,
+    "retraining": 6,
+    "serving": 7,
+    "runtime": 8, "ray_apps": 8,
+    "cli": 9,
 }
 MODEL_MAY_IMPORT = {"modelkit", "errors", "settings", "triton"}
 

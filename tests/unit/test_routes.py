@@ -16,7 +16,8 @@ Covered:
   binary inference, its error shape;
 - ``/v1/models``, ``/v1/models/<name>``, ``/healthz``, ``/drift``, ``/metrics``, ``/openapi.json``,
   ``/docs``;
-- ``/admin``: the bearer token, versions with lineage, runs, rollback refusals, retrain submission.
+- ``/admin``: the bearer token, versions with lineage, runs, rollback and promote refusals, the rollout
+  status and policy without a controller, retrain submission; ``/v1/feedback`` validation.
 
 Each request runs in its own event loop (``asyncio.run``): pytest-asyncio is not installed.
 """
@@ -100,7 +101,7 @@ class Api:
 
 def make_app(settings: Settings, models: dict, triton: FakeTriton):
     pipeline = InferencePipeline(LocalPreprocess(PreprocessStage(models)), triton,
-                                 LocalPostprocess(PostprocessStage(models)))
+                                 LocalPostprocess(PostprocessStage(models)), models=models)
     return create_app(Gateway(settings, models, pipeline))
 
 
@@ -656,11 +657,58 @@ def test_admin_rollback_refuses_what_it_cannot_serve(api):
     message = error_of(api.post("/admin/models/digits/rollback", json={"version": 7}, headers=AUTH), 409,
                        "bad_version")
     assert "version 7" in message and "[1]" in message
+    message = error_of(api.post("/admin/models/digits/rollback", json={}, headers=AUTH), 409, "bad_version")
+    assert "no earlier production version" in message  # nothing on its way, nothing before version 1
     error_of(api.post("/admin/models/digits/rollback", json={"version": 0}, headers=AUTH), 422, "invalid_request")
-    error_of(api.post("/admin/models/digits/rollback", json={}, headers=AUTH), 422, "invalid_request")
     error_of(api.post("/admin/models/x/rollback", json={"version": 1}, headers=AUTH), 404, "unknown_model")
+    message = error_of(api.post("/admin/models/digits/promote", headers=AUTH), 409, "conflict")
+    assert "no candidate to promote" in message
     # nothing moved
     assert api.get("/v1/models/digits").json()["serving_version"] == 1
+
+
+def test_admin_status_without_a_controller_shows_the_stages(api):
+    r = api.get("/admin/models/digits/status", headers=AUTH)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"model": "digits", "production": 1, "challengers": [], "stages": {"1": "production"},
+                        "controller": "not running"}
+
+
+def test_admin_policy_is_validated_and_changed_at_run_time(api, settings):
+    r = api.get("/admin/models/diabetes/policy", headers=AUTH)
+    assert r.status_code == 200, r.text
+    shipped = r.json()["policy"]
+    assert shipped["strategy"] in ("direct", "progressive", "blue_green", "ab", "bandit", "manual")
+    message = error_of(api.request("PUT", "/admin/models/diabetes/policy", json={"yaml": "strategy: yolo"},
+                                   headers=AUTH), 400, "invalid_policy")
+    assert "strategy" in message and "progressive" in message
+    message = error_of(api.request("PUT", "/admin/models/diabetes/policy",
+                                   json={"yaml": "canary: {steps: [0.5, 0.1]}"}, headers=AUTH), 400, "invalid_policy")
+    assert "rising" in message
+    error_of(api.request("PUT", "/admin/models/diabetes/policy", json={"yaml": "slo: {min_requets: 5}"},
+                         headers=AUTH), 400, "invalid_policy")
+    assert api.get("/admin/models/diabetes/policy", headers=AUTH).json()["policy"] == shipped  # refusals change nothing
+
+    r = api.request("PUT", "/admin/models/diabetes/policy", json={"yaml": "strategy: ab\nab: {header: X-Group}\n"},
+                    headers=AUTH)
+    assert r.status_code == 200, r.text
+    policy = api.get("/admin/models/diabetes/policy", headers=AUTH).json()
+    assert policy["policy"]["strategy"] == "ab" and policy["policy"]["ab"]["header"] == "X-Group"
+    assert "strategy: ab" in policy["yaml"]
+    r = api.request("PUT", "/admin/models/diabetes/policy", json={"yaml": "strategy: " + shipped["strategy"]},
+                    headers=AUTH)
+    assert r.status_code == 200
+
+
+def test_feedback_is_validated_and_needs_the_controller(api):
+    error_of(api.post("/v1/feedback", json={"label": 3}), 422, "invalid_request")
+    message = error_of(api.post("/v1/feedback", json={"request_id": "r1", "label": 3, "value": 2.0}), 422,
+                       "invalid_request")
+    assert "exactly one of" in message
+    error_of(api.post("/v1/feedback", json={"request_id": "r1", "label": 3, "model": "cats"}), 404, "unknown_model")
+    error_of(api.post("/v1/feedback", json={"request_id": "r1", "label": 3}), 503, "no_controller")
+    error_of(api.post("/admin/models/digits/faults", json={"version": 1, "latency_ms": 5}, headers=AUTH), 503,
+             "no_controller")
 
 
 def test_admin_retrain_submits_a_run_with_a_cloudevent(api, settings, monkeypatch):

@@ -3,7 +3,9 @@
 Version 1 of digits is built once (``build_first_version``); each test runs ``execute`` on a copy of
 that state, training here with the package's default TrainParams. Covered: (a) no new data ->
 "skipped" with a reason, nothing published; (b) force -> "published" version 2 with its lineage
-record, drift reference and serving pointer; (c) only a bad incoming file -> rejected with a report,
+record and drift reference, a candidate (production at once only with a direct policy); a
+candidate on its way is what the next run compares new data with; drift without new data is an
+alert, not a version; the data of a version rolled back live is quarantined; (c) only a bad incoming file -> rejected with a report,
 "skipped"; (d) mislabelled data -> "gates_failed", nothing published, the file quarantined; and a
 failed gate quarantines every file new since the serving version, an earlier run's leftover included.
 """
@@ -22,8 +24,10 @@ from services.models.digits.gates import shift_one_pixel
 from services.registry.publish import Registry
 from services.retraining.run import Run, build_first_version, execute
 from services.retraining.training import train_here
+from services.rollout.policy import Policy
 from services.settings import Settings
 from services.storage import data_store
+from services.telemetry import metrics
 
 DIGITS = load_package("services.models.digits")
 FAMILY = DIGITS.family
@@ -46,9 +50,11 @@ def settings(first_build, tmp_path) -> Settings:
     return Settings(var_dir=tmp_path / "var")
 
 
-def execute_run(settings: Settings, run_id: str, force: bool = False) -> dict:
+def execute_run(settings: Settings, run_id: str, force: bool = False, policy: str = "progressive",
+                events: list[dict] | None = None) -> dict:
     registry = Registry.open(settings)
-    run = Run(run_id, DIGITS, settings, data_store(settings), registry, [{"id": "e1"}], force)
+    run = Run(run_id, DIGITS, settings, data_store(settings), registry, events or [{"id": "e1"}], force,
+              Policy(strategy=policy))
     run.train = lambda x, y, params: train_here(DIGITS, x, y, params)
     return execute(run, with_triton=False)
 
@@ -67,8 +73,7 @@ def npz(images, labels) -> bytes:
 def assert_nothing_published(settings: Settings) -> None:
     registry = Registry.open(settings)
     assert repository_versions(settings) == {model: [1] for model in FAMILY.models}
-    assert registry.serving_version(FAMILY) == 1
-    assert registry.records.serving("digits")["version"] == 1
+    assert registry.production("digits") == 1 and registry.stages("digits").versions == {1: "production"}
     assert registry.records.version("digits", 2) is None and registry.records.reference("digits", 2) is None
 
 
@@ -81,16 +86,19 @@ def test_no_new_data_skips_with_a_reason_and_publishes_nothing(settings):
     assert_nothing_published(settings)
 
 
-def test_force_publishes_version_2_with_lineage_and_a_drift_reference(settings):
+def test_force_publishes_version_2_as_a_candidate_with_lineage_and_a_drift_reference(settings):
     record = execute_run(settings, "run-b", force=True)
     assert record["outcome"] == "published", record.get("reason")
     assert record["version"] == 2 and all(g["passed"] for g in record["gates"])
     assert "load_and_verify" not in record["stages"]  # no Triton here
+    assert record["stage"] == record["stages"]["go_live"]["stage"] == "candidate"
     registry = Registry.open(settings)
     assert repository_versions(settings) == {model: [1, 2] for model in FAMILY.models}
-    assert registry.serving_version(FAMILY) == 2
-    serving = registry.records.serving("digits")
-    assert serving["version"] == 2 and serving["history"][-1]["run_id"] == "run-b"
+    book = registry.stages("digits")
+    assert book.production == 1 and book.versions[2] == "candidate"  # the policy takes it live, not the run
+    (transition,) = book.history(2)
+    assert transition["by"] == "retraining run run-b" and transition["to"] == "candidate"
+    assert transition["numbers"]["holdout"] == record["stages"]["evaluate_and_gate"]["metrics"]["candidate"]["accuracy"]
     lineage = registry.records.version("digits", 2)
     assert lineage["run_id"] == "run-b" and lineage["version"] == 2 and lineage["events"] == [{"id": "e1"}]
     assert lineage["data"]["files"] == [] and lineage["data"]["base_rows"] == len(SPLIT.train)
@@ -150,3 +158,47 @@ def test_a_failed_gate_quarantines_every_new_file_it_trained_on(settings):
     assert sorted(record["stages"]["validate"]["new_files"]) == ["datasets/digits/accepted/good.npz",
                                                                  "datasets/digits/accepted/noisy.npz"]
     assert not store.exists("datasets/digits/accepted/noisy.npz")  # the bad file must not poison the next run
+
+
+def test_a_direct_policy_makes_the_new_version_production_at_once(settings):
+    record = execute_run(settings, "run-f", force=True, policy="direct")
+    assert record["outcome"] == "published" and record["stage"] == "production"
+    book = Registry.open(settings).stages("digits")
+    assert book.production == 2 and book.versions == {1: "archived", 2: "production"}
+    assert book.previous_production == 1 and book.in_play() == [1, 2]  # rollback stays instant
+    assert Registry.open(settings).repository.served_version(FAMILY) == 2
+
+
+def test_a_candidate_on_its_way_is_what_the_next_run_compares_with(settings):
+    """New data after a candidate was published is judged against the candidate's data, not production's."""
+    assert execute_run(settings, "run-g", force=True)["version"] == 2
+    record = execute_run(settings, "run-h")
+    assert record["outcome"] == "skipped" and record["reason"].startswith("no new accepted data since version 2")
+    assert record["stages"]["validate"]["compared_with"] == 2 and record["stages"]["validate"]["serving_version"] == 1
+
+
+def test_drift_without_new_labelled_data_is_an_alert_not_a_version(settings):
+    metrics.reset_metrics("prometheus")
+    drift = {"id": "d1", "type": "rts.retrain.requested", "data": {"model": "digits", "reason": "drift"}}
+    record = execute_run(settings, "run-i", events=[drift])
+    assert record["outcome"] == "skipped" and record["reason"].endswith("drift alert raised")
+    assert metrics.sample_value("rts_drift_alerts_total", {"model": "digits"}) == 1
+    assert_nothing_published(settings)
+    assert execute_run(settings, "run-j")["reason"].endswith("nothing to publish")  # no drift: no alert
+    assert metrics.sample_value("rts_drift_alerts_total", {"model": "digits"}) == 1
+
+
+def test_data_of_a_version_rolled_back_live_is_quarantined_by_the_next_run(settings):
+    store = data_store(settings)
+    good = np.arange(100)
+    store.put_bytes("datasets/digits/incoming/batch.npz", npz(shift_one_pixel(SPLIT.train.x[good]),
+                                                               SPLIT.train.y[good]))
+    assert execute_run(settings, "run-k")["version"] == 2
+    registry = Registry.open(settings)
+    registry.retire("digits", FAMILY, 2, by="rollout-controller", reason="live accuracy worse than production")
+    record = execute_run(settings, "run-l")
+    assert record["stages"]["validate"]["quarantined_files"] == ["datasets/digits/quarantined/batch.npz"]
+    assert not store.exists("datasets/digits/accepted/batch.npz")
+    report = json.loads(store.get_bytes("datasets/digits/quarantined/batch.npz.report.json"))
+    assert "rolled back by its live signals" in json.dumps(report)
+    assert record["outcome"] == "skipped"  # nothing new is left to train on

@@ -1,4 +1,5 @@
-"""Operator endpoints behind a bearer token: versions and lineage, start a run, read a run, roll back.
+"""Operator endpoints behind a bearer token: versions, stages and lineage; runs; the rollout (status,
+promote, rollback, the policy, injected faults).
 
 Set ``RTS_ADMIN_TOKEN`` (``make up`` makes one and prints it); without it these routes answer 503.
 ``Authorization: Bearer <token>`` on every call; a wrong or missing token is 401.
@@ -6,14 +7,15 @@ Set ``RTS_ADMIN_TOKEN`` (``make up`` makes one and prints it); without it these 
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from services.errors import InvalidInput, ServingError
-from services.registry.publish import VersionNotAvailable
 from services.retraining.jobs import submit_run
 from services.retraining.requests import retrain_request
+from services.rollout.policy import Policy, load_policy, save_policy
+from services.serving.controller import call
 from services.serving.deps import GatewayDep, ModelDep, require_admin_token
 from services.telemetry import metrics
 
@@ -27,10 +29,30 @@ class RetrainBody(BaseModel):
     force: bool = Field(False, description="train and publish even with no new data since the serving version")
 
 
-class RollbackBody(BaseModel):
+class VersionBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    version: int = Field(ge=1, description="a complete published version to serve again")
+    version: int | None = Field(None, ge=1, description="a complete published version; none: see the route")
+
+
+class PolicyBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    yaml: str = Field(description="the policy as YAML (see services/rollout/policy.py)", max_length=20_000)
+
+
+class FaultBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1)
+    latency_ms: float = Field(0, ge=0, le=60_000)
+    error_rate: float = Field(0, ge=0, le=1)
+
+
+async def _follow(gateway) -> None:
+    """This replica routes by the new table at once; the others within their refresh interval (1 s)."""
+    if gateway.router is not None:
+        await run_in_threadpool(gateway.router.refresh)
 
 
 @router.get("/models", summary="Every model's versions with metrics and lineage; which one serves")
@@ -59,11 +81,72 @@ def run(run_id: str, gateway: GatewayDep) -> dict:
     return record
 
 
-@router.post("/models/{model}/rollback", summary="Serve an earlier version of a model again, without a restart")
-def rollback(package: ModelDep, gateway: GatewayDep, body: RollbackBody) -> dict:
+@router.get("/models/{model}/status", summary="The rollout of a model: stages, routing, live evidence, decisions")
+async def status(package: ModelDep, gateway: GatewayDep, timeline: int = Query(0, ge=0, le=7200)) -> dict:
+    if gateway.controller is None:
+        book = await run_in_threadpool(gateway.registry.stages, package.name)
+        return {"model": package.name, "production": book.production, "challengers": book.challengers,
+                "stages": {str(v): s for v, s in book.versions.items()}, "controller": "not running"}
+    return await call(gateway.controller.status.remote(package.name, timeline))
+
+
+@router.post("/models/{model}/promote", summary="Make a version production now (default: the newest challenger)")
+async def promote(package: ModelDep, gateway: GatewayDep, body: VersionBody | None = None) -> dict:
+    version = (body or VersionBody()).version
+    if gateway.controller is not None:
+        result = await call(gateway.controller.promote.remote(package.name, version, "operator (admin API)"))
+        await _follow(gateway)
+        return result
+    book = await run_in_threadpool(gateway.registry.stages, package.name)
+    target = version or (book.challengers[-1] if book.challengers else None)
+    if target is None:
+        raise InvalidInput(f"{package.name} has no candidate to promote; name a version", status=409, code="conflict")
+    seconds = await call(run_in_threadpool(gateway.registry.promote, package.name, package.family, target,
+                                           by="operator (admin API)", reason="promoted by an operator"))
+    return {"model": package.name, "production": target, "seconds": round(seconds, 3)}
+
+
+@router.post("/models/{model}/rollback",
+             summary="Roll back: the challengers, or (none left) to the production before; or to a named version")
+async def rollback(package: ModelDep, gateway: GatewayDep, body: VersionBody | None = None) -> dict:
+    version = (body or VersionBody()).version
+    if gateway.controller is not None:
+        result = await call(gateway.controller.rollback.remote(package.name, version, "operator (admin API)"))
+    else:
+        result = await call(run_in_threadpool(gateway.registry.rollback, package.name, package.family, version,
+                                              by="operator (admin API)"))
+    if result.get("production") is not None:
+        metrics.set_served_version(package.name, result["production"])
+    await _follow(gateway)
+    return {"model": package.name, **result}
+
+
+@router.get("/models/{model}/policy", summary="The delivery policy in force")
+async def get_policy(package: ModelDep, gateway: GatewayDep) -> dict:
+    policy = await run_in_threadpool(load_policy, package, gateway.registry.records)
+    return {"model": package.name, "policy": policy.model_dump(mode="json"), "yaml": policy.to_yaml()}
+
+
+@router.put("/models/{model}/policy", summary="Change the delivery policy at run time (validated; no restart)")
+async def put_policy(package: ModelDep, gateway: GatewayDep, body: PolicyBody) -> dict:
     try:
-        seconds = gateway.registry.rollback(package.name, package.family, body.version)
-    except VersionNotAvailable as exc:
-        raise InvalidInput(str(exc), status=409, code="bad_version") from None
-    metrics.set_served_version(package.name, body.version)
-    return {"model": package.name, "serving": body.version, "seconds": round(seconds, 3)}
+        policy = Policy.parse(body.yaml)
+    except ValueError as exc:
+        raise InvalidInput(str(exc), code="invalid_policy") from None
+    if gateway.controller is not None:
+        await call(gateway.controller.set_policy.remote(package.name, body.yaml, "operator (admin API)"))
+        await _follow(gateway)
+    else:
+        await run_in_threadpool(save_policy, package.name, policy, gateway.registry.records)
+    return {"model": package.name, "policy": policy.model_dump(mode="json")}
+
+
+@router.post("/models/{model}/faults", summary="Inject latency or failures into one version (to test rollbacks)")
+async def fault(package: ModelDep, gateway: GatewayDep, body: FaultBody) -> dict:
+    if gateway.controller is None:
+        raise ServingError("faults are routed by the rollout controller, which runs in the Ray cluster",
+                           status=503, code="no_controller")
+    result = await call(gateway.controller.set_fault.remote(package.name, body.version, body.model_dump(
+        exclude={"version"}), "operator (admin API)"))
+    await _follow(gateway)
+    return result

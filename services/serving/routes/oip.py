@@ -8,6 +8,7 @@ from starlette.concurrency import run_in_threadpool
 
 from services.errors import InvalidInput, UnknownModel
 from services.modelkit import ModelPackage
+from services.rollout.routing import Route
 from services.serving import oip
 from services.serving.deps import Gateway, GatewayDep, ModelDep
 
@@ -67,7 +68,10 @@ async def infer(request: Request, package: ModelDep, gateway: GatewayDep, versio
     parsed = oip.parse_request(body, request.headers.get(oip.HEADER_LENGTH), package,
                                gateway.settings.limits.max_batch_items)
     request.state.batch_size = len(parsed.inputs)
-    result = await gateway.pipeline.predict(package.name, parsed.inputs, package.Options(), version)
+    request_id = request.state.request_id  # what X-Request-ID says, and what feedback names
+    # A version in the path is that version's own ensemble; none: the model's routing picks one.
+    route = Route(version) if version else gateway.route(package.name, request.headers, request_id)
+    result = await gateway.pipeline.predict(package.name, parsed.inputs, package.Options(), route, request_id)
     request.state.model_version = result.version
     tensors = package.to_tensors(result.predictions, result.outputs)
     content, headers = oip.encode_response(package, result.version, parsed, tensors)

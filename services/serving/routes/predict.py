@@ -122,12 +122,14 @@ async def predict(request: Request, gateway: Gateway, package: ModelPackage, ign
     request.state.model = package.name
     inputs = await read_inputs(request, package, gateway.settings.limits)
     request.state.batch_size = len(inputs)
-    result = await gateway.pipeline.predict(package.name, inputs, options)
+    request_id = request.state.request_id
+    route = gateway.route(package.name, request.headers, request_id)
+    result = await gateway.pipeline.predict(package.name, inputs, options, route, request_id)
     request.state.model_version = result.version
     # Built directly: the shape is ours and fixed, re-validating it through the response model costs
     # CPU on every request. response_model stays on the routes for the docs.
     return JSONResponse({"predictions": result.predictions, "model": {"name": package.name, "version": result.version},
-                         "request_id": request.state.request_id})
+                         "request_id": request_id})
 
 
 def _openapi(package: ModelPackage) -> dict:
