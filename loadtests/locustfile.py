@@ -6,7 +6,7 @@ picks a shape; without the shape class, ``--class-picker`` lets you drive users 
 
 Traffic, on both bundled models: for digits, single images and batches of 2-8 (multipart), JSON
 pixel grids, images of several sizes and formats (PNG/JPEG/BMP, 8-256 px, both polarities); for
-diabetes, JSON instances of held-out patients (1-8 rows); and about 8% bad requests (not an image,
+diabetes, JSON instances of patients (1-8 rows); all from the training split (see POOL); and about 8% bad requests (not an image,
 wrong pixel shape, an out-of-range field) that count as successes only when they get their 400.
 
 Each request comes from one of ``LOADTEST_USER_POOL`` end users (``X-User-ID``, canary splits stick
@@ -29,12 +29,14 @@ from loadtests.profiles import PROFILES, timeline
 from services.models.diabetes.data import FEATURES
 from services.models.diabetes.data import load_split as diabetes_split
 from services.models.digits.data import load_split
-from services.models.digits.samples import holdout_images
+from services.models.digits.samples import training_images
 
-POOL = holdout_images(60, seed=5)
-DIGITS = load_split().holdout
+# Rows of the training split, not the holdout: the feedback users send becomes training data, and the
+# holdout the gates judge candidates on must never come back that way.
+POOL = training_images(60, seed=5)
+DIGITS = load_split().train
 PIXELS, LABELS = DIGITS.x, DIGITS.y
-_diabetes = diabetes_split().holdout
+_diabetes = diabetes_split().train
 PATIENTS = [dict(zip(FEATURES, map(float, row))) for row in _diabetes.x]
 VALUES = [float(v) for v in _diabetes.y]
 FEEDBACK_SHARE = float(os.environ.get("LOADTEST_FEEDBACK_SHARE", "0.3"))

@@ -125,13 +125,15 @@ def rollback(model: Annotated[str, typer.Argument(help="the model")],
 
 @app.command("policy")
 def policy(model: Annotated[str, typer.Argument(help="the model")],
-           file: Annotated[Optional[Path], typer.Option("--file", "-f", exists=True, dir_okay=False,
+           file: Annotated[Optional[Path], typer.Option("--file", "-f",
                                                         help="set this YAML policy (validated; no restart)")] = None):
     """Print the model's delivery policy, or set it from a YAML file."""
     chosen = settings()
     p = package(chosen, model)
     if file is None:
         return typer.echo(admin(chosen, "GET", f"/models/{p.name}/policy")["yaml"], nl=False)
+    if not file.is_file():
+        raise fail(f"{file} does not exist (or is not a file)")
     print_json(admin(chosen, "PUT", f"/models/{p.name}/policy", {"yaml": file.read_text()}))
 
 

@@ -191,10 +191,11 @@ class Registry:
         self._save(book)
         return transition
 
-    def unload_retired(self, model: str, family: EnsembleFamily) -> list[int]:
-        """Load exactly the versions in play: members drop the others, their version ensembles unload."""
+    def unload_retired(self, model: str, family: EnsembleFamily, keep: list[int] | tuple[int, ...] = ()) -> list[int]:
+        """Load exactly the versions in play (and `keep`: retired too recently, requests may still be on their
+        way to them): members drop the others, their version ensembles unload."""
         book = self.stages(model)
-        play = book.in_play()
+        play = sorted({*book.in_play(), *(v for v in keep if v in self.repository.loaded_versions(family))})
         dropped = [v for v in self.repository.loaded_versions(family) if v not in play]
         if dropped and play:
             self._load(family, play)  # unloads the version ensembles of the dropped versions

@@ -7,6 +7,8 @@ Each model has its own prefix in the data bucket::
     datasets/<model>/rejected/      files that failed the checks, each with <name>.report.json saying why
     datasets/<model>/quarantined/   accepted files whose run made a model that failed a gate
     datasets/<model>/requests/      retrain requests as objects (drift, operators): the same event path
+    datasets/<model>/feedback/      labelled feedback the rollout controller wrote (rows and truths,
+                                    services/rollout/labelled.py): trained on like accepted files
 
 A file is checked by its model package (``parse_data``: format, shapes, ranges, label set), then
 here for what every model shares: at least one row, no row twice in the file, no row the data
@@ -25,6 +27,7 @@ from datetime import datetime, timezone
 import numpy as np
 
 from services.modelkit import DataRejected, Dataset, ModelPackage, row_hashes
+from services.rollout.labelled import feedback_prefix, read_file
 from services.storage import ObjectStore
 
 _KEY = re.compile(r"(?:^|/)datasets/([^/]+)/(incoming|requests)/([^/]+)$")
@@ -57,6 +60,10 @@ class DataPaths:
     @property
     def requests(self) -> str:
         return f"{self.root}requests/"
+
+    @property
+    def feedback(self) -> str:
+        return feedback_prefix(self.model)
 
 
 def classify_key(key: str) -> tuple[str, str, str] | None:
@@ -168,15 +175,28 @@ def load_accepted(store: ObjectStore, package: ModelPackage) -> tuple[list[Datas
     return parts, files
 
 
+def load_feedback(store: ObjectStore, package: ModelPackage) -> tuple[list[Dataset], list[dict]]:
+    """Every labelled feedback file's rows (written by the rollout controller), with the files and their hashes."""
+    parts, files = [], []
+    for obj in store.list(DataPaths(package.name).feedback):
+        if not obj.key.endswith(".npz"):
+            continue
+        data = store.get_bytes(obj.key)
+        x, y = read_file(data)
+        parts.append(Dataset(x, y))
+        files.append({"key": obj.key, "sha256": hashlib.sha256(data).hexdigest(), "rows": len(y)})
+    return parts, files
+
+
 def quarantine(store: ObjectStore, package: ModelPackage, accepted_keys: list[str], run_id: str,
                reason: str) -> list[str]:
-    """Move accepted files whose data made a model that failed a gate to quarantined/, with a report,
-    so no later run trains on them."""
+    """Move accepted files (and feedback files) whose data made a model that failed a gate to quarantined/,
+    with a report, so no later run trains on them."""
     paths = DataPaths(package.name)
     moved = []
     for key in accepted_keys:
         info = store.head(key)
-        if info is None or not key.startswith(paths.accepted):
+        if info is None or not key.startswith((paths.accepted, paths.feedback)):
             continue
         target = free_key(store, paths.quarantined, key.rsplit("/", 1)[-1], info.etag or run_id)
         store.move(key, target)

@@ -134,6 +134,8 @@ def validate(run: Run) -> TrainingData:
         st["rejected_files"] = [r.moved_to for r in reports if not r.accepted]
         st["quarantined_files"] = quarantine_rolled_back(run)
         parts, files = dataset.load_accepted(store, package)
+        feedback_parts, feedback_files = dataset.load_feedback(store, package)
+        parts, files = parts + feedback_parts, files + feedback_files
         book = run.registry.stages(run.model)
         live = book.in_stage(*LIVE)
         basis = live[-1] if live else None  # the newest version in play: production, or a candidate on its way
@@ -143,16 +145,17 @@ def validate(run: Run) -> TrainingData:
         st.update(serving_version=book.production, compared_with=basis, new_files=new)
         if basis is not None and not new and not run.force:
             drift = [e for e in run.events if (e.get("data") or {}).get("reason") == "drift"]
-            if drift:  # drift tells the world moved; only new labels can teach the model how
+            if drift:  # drift tells the world moved; only new labels (files or feedback) can teach the model how
                 metrics.record_drift_alert(run.model)
                 log.warning("[%s] drift on %s with no new labelled data: an alert, no new version", run.run_id,
                             run.model)
             run.finish("skipped", f"no new accepted data since version {basis} (it was trained on the same "
-                                  f"{len(files)} accepted files); nothing to publish"
+                                  f"{len(files)} accepted and feedback files); nothing to publish"
                        + ("; drift alert raised" if drift else ""))
             raise Stop
-        # The holdout never enters training, even if someone uploads its rows.
-        holdout = set(row_hashes(split.holdout.x))
+        # The holdout never enters training, even if someone uploads its rows or sends them back as feedback
+        # (feedback rows are the ensemble's input: the holdout's features).
+        holdout = set(row_hashes(split.holdout.x)) | set(row_hashes(package.holdout_features()))
         extra = Dataset.concat(parts) if parts else None
         if extra is not None:
             extra = extra[np.array([h not in holdout for h in row_hashes(extra.x)], dtype=bool)]

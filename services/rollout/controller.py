@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+import numpy as np
 import ray
 
 from services.modelkit import ModelPackage
@@ -35,6 +36,7 @@ from services.modelkit.discovery import load_models
 from services.registry.publish import Registry
 from services.registry.stages import STAGES, StageBook
 from services.rollout.evaluation import Verdict, Window, best_probability, evaluate
+from services.rollout.labelled import target_of, trainable_shape, write_file
 from services.rollout.policy import Policy, load_policy, package_policy_file, save_policy
 from services.rollout.routing import (ABRoute, BanditRoute, CanaryRoute, Fault, RoutingTable, ShadowRoute, read_table,
                                       write_table)
@@ -49,6 +51,8 @@ NAME, NAMESPACE = "rollout-controller", "rts"
 PREDICTION_LOG = 50_000  # per model, in memory
 PENDING_FEEDBACK_S = 60.0
 SEGMENTS_KEPT = 50
+FEEDBACK_FILE_ROWS = 500  # labelled feedback rows per training-data file ...
+FEEDBACK_FILE_MAX_AGE_S = 300.0  # ... or fewer, once the oldest has waited this long
 UNLOAD_GRACE_S = 30.0  # a retired version stays loaded this long at least (requests on their way)
 BY = "rollout-controller"
 
@@ -87,6 +91,10 @@ class Controller:
         self.known_shares: dict[str, set[str]] = {m: set() for m in models}
         self.state: dict[str, dict] = {m: self.records.get_json(state_key(m)) or {} for m in models}
         self.policies: dict[str, Policy] = {}  # as read by the last tick: feedback never waits on storage
+        # Feedback as training data, for the models whose input rows can be trained on (labelled.py).
+        self.trainable = {m: trainable_shape(p) for m, p in models.items()}
+        self.labelled: dict[str, list[tuple[np.ndarray, list]]] = {m: [] for m in models}
+        self.labelled_since: dict[str, float] = {m: time.time() for m in models}
 
     # ---- evidence in -----------------------------------------------------------------------------
     def window(self, model: str, version: str) -> Window:
@@ -105,11 +113,12 @@ class Controller:
             for version, psi in versions.items():
                 if model in self.models:
                     self.window(model, version).drift_psi = psi
-        for request_id, model, version, predicted, at in snapshot.get("predictions") or ():
+        for request_id, model, version, predicted, at, *rest in snapshot.get("predictions") or ():
             if model not in self.models:
                 continue
+            rows = rest[0] if rest else None
             log_ = self.predictions[model]
-            log_[request_id] = (version, predicted, at)
+            log_[request_id] = (version, predicted, at, rows)
             if len(log_) > PREDICTION_LOG:
                 log_.popitem(last=False)
             self.unsaved[model].append({"request_id": request_id, "version": version, "predicted": predicted,
@@ -117,7 +126,7 @@ class Controller:
             if request_id in self.pending:
                 truth, _, _ = self.pending.pop(request_id)
                 try:
-                    self._join(model, request_id, version, predicted, truth, at)
+                    self._join(model, request_id, version, predicted, truth, at, rows)
                 except ValueError as exc:  # one bad feedback never costs the rest of the report
                     log.warning("feedback for %s not joined: %s", request_id, exc)
                     metrics.record_feedback(model, "invalid")
@@ -129,7 +138,8 @@ class Controller:
             return {"status": "duplicate", "request_id": request_id,
                     "detail": "feedback for this request was joined already; it counts once"}
         if record is not None:
-            model, version, predicted, at = record[0], record[1], record[2], record[3]
+            model, version, predicted, at = record[:4]
+            rows = record[4] if len(record) > 4 else None
         else:
             found = [(m, log_[request_id]) for m, log_ in self.predictions.items()
                      if (model is None or m == model) and request_id in log_]
@@ -139,19 +149,23 @@ class Controller:
                 return {"status": "pending", "request_id": request_id,
                         "detail": "no prediction with this request id has reached the controller yet; the "
                                   f"feedback waits {PENDING_FEEDBACK_S:.0f} s for it"}
-            model, (version, predicted, at) = found[0]
-        joined = self._join(model, request_id, version, predicted, truth, at)
+            model, entry = found[0]
+            version, predicted, at = entry[:3]
+            rows = entry[3] if len(entry) > 3 else None
+        joined = self._join(model, request_id, version, predicted, truth, at, rows)
         return {"status": "joined", "request_id": request_id, "model": model, "version": version,
                 "rows": joined.rows, "correct": joined.correct, "abs_error": joined.abs_error}
 
     def _join(self, model: str, request_id: str, version: str, predicted: list, truth: Any,
-              predicted_at: float) -> Joined:
+              predicted_at: float, rows: Any = None) -> Joined:
         """Counts toward the version's live accuracy and the bandit's rewards only when the prediction was made
-        in the version's current window: both sides of a comparison are judged over the same period."""
+        in the version's current window: both sides of a comparison are judged over the same period. With the
+        rows the model was given, the truth also becomes training data (``services.rollout.labelled``)."""
         package = self.models[model]
         truths = truth if isinstance(truth, list) else [truth]
         if len(truths) != len(predicted):
             raise ValueError(f"request {request_id} predicted {len(predicted)} rows; the feedback has {len(truths)}")
+        targets = [target_of(package, t) for t in truths]  # a label the model does not have is refused here
         self.joined_ids[request_id] = None
         if len(self.joined_ids) > PREDICTION_LOG * len(self.models):
             self.joined_ids.popitem(last=False)
@@ -175,6 +189,9 @@ class Controller:
                 counts[0 if reward else 1] += 1
         self.joined_unsaved[model].append({"request_id": request_id, "version": version, "predicted": predicted,
                                            "truth": truths, "at": time.time()})
+        shape = self.trainable.get(model)
+        if rows is not None and shape is not None and len(rows) == len(targets):
+            self.labelled[model].append((np.asarray(rows).reshape(len(targets), *shape), targets))
         metrics.record_feedback(model, "joined")
         kind = package.task.kind
         return Joined(model, version, len(truths), correct if kind == "classification" else None,
@@ -362,13 +379,16 @@ class Controller:
 
     def _housekeeping(self, model: str, package: ModelPackage) -> None:
         """Let Triton drop retired versions once no request can still be on its way to them."""
-        due = [v for (m, v), at in self.retired_at.items() if m == model and time.time() - at > UNLOAD_GRACE_S]
-        if due and self.registry.triton is not None:
-            try:
-                self.registry.unload_retired(model, package.family)
-            except Exception:  # noqa: BLE001 - Triton away: try again next time
-                log.exception("could not unload retired versions of %s", model)
-                return
+        now = time.time()
+        mine = {v: at for (m, v), at in self.retired_at.items() if m == model}
+        due = [v for v, at in mine.items() if now - at > UNLOAD_GRACE_S]
+        if not due or self.registry.triton is None:
+            return
+        try:
+            self.registry.unload_retired(model, package.family, keep=[v for v in mine if v not in due])
+        except Exception:  # noqa: BLE001 - Triton away: try again next time
+            log.exception("could not unload retired versions of %s", model)
+            return
         for version in due:
             self.retired_at.pop((model, version), None)
 
@@ -498,7 +518,16 @@ class Controller:
 
     # ---- the log kept through the storage port ----------------------------------------------------------
     def flush_logs(self) -> None:
+        """The prediction and feedback logs (bounded), and labelled feedback as dataset files (kept, like data)."""
         for model in self.models:
+            waiting = sum(len(t) for _, t in self.labelled[model])
+            if waiting >= FEEDBACK_FILE_ROWS or (waiting and time.time() - self.labelled_since[model] >
+                                                 FEEDBACK_FILE_MAX_AGE_S):
+                batches, self.labelled[model] = self.labelled[model], []
+                self.labelled_since[model] = time.time()
+                key = write_file(self.records.store, model, np.concatenate([r for r, _ in batches]),
+                                 np.asarray([t for _, ts in batches for t in ts]))
+                log.info("%s: %d rows of feedback written as training data (%s)", model, waiting, key)
             for kind, buffer in (("predictions", self.unsaved), ("feedback", self.joined_unsaved)):
                 rows, buffer[model] = buffer[model], []
                 if not rows:

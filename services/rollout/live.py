@@ -23,6 +23,9 @@ from typing import Any, Callable
 log = logging.getLogger(__name__)
 
 
+MAX_ROW_BYTES = 64 * 1024
+
+
 def _empty() -> dict:
     return {"requests": 0, "errors": 0, "latencies_ms": [], "shadow_requests": 0, "shadow_errors": 0,
             "shadow_disagreements": 0, "shadow_latencies_ms": [], "shadow_skipped": 0}
@@ -34,7 +37,7 @@ class LiveStats:
         self.max_latencies = max_latencies
         self._versions: dict[tuple[str, str], dict] = {}
         self._predictions: list[tuple] = []
-        self._recent: OrderedDict[str, tuple] = OrderedDict()  # request id -> (model, version, predicted, time)
+        self._recent: OrderedDict[str, tuple] = OrderedDict()  # request id -> (model, version, predicted, time, rows)
         self._recent_max = recent
         self._lock = threading.Lock()
 
@@ -66,15 +69,19 @@ class LiveStats:
     def shadow_skipped(self, model: str, version: str) -> None:
         self._slot(model, version)["shadow_skipped"] += 1
 
-    def prediction(self, request_id: str, model: str, version: str, predicted: list) -> None:
-        record = (request_id, model, version, predicted, time.time())
+    def prediction(self, request_id: str, model: str, version: str, predicted: list, rows: Any = None) -> None:
+        """What `version` answered to `request_id`; `rows` (the ensemble's input) make its feedback training data,
+        kept only when small (at most ``MAX_ROW_BYTES`` per request)."""
+        if rows is not None and getattr(rows, "nbytes", MAX_ROW_BYTES + 1) > MAX_ROW_BYTES:
+            rows = None
+        record = (request_id, model, version, predicted, time.time(), rows)
         self._predictions.append(record)
         self._recent[request_id] = record[1:]
         if len(self._recent) > self._recent_max:
             self._recent.popitem(last=False)
 
     def recent(self, request_id: str) -> tuple | None:
-        """(model, version, predicted per row, time) of a request this replica answered lately."""
+        """(model, version, predicted per row, time, rows or None) of a request this replica answered lately."""
         return self._recent.get(request_id)
 
     def take(self) -> dict[str, Any] | None:

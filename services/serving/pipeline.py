@@ -64,7 +64,16 @@ class InferencePipeline:
                 await _inject(route.fault)
             with stage("triton", model) as span:
                 # traceparent rides with the call only for sampled requests: Triton's spans join this trace.
-                result = await self.triton.infer(model, rows, route.version, triton_headers())
+                try:
+                    result = await self.triton.infer(model, rows, route.version, triton_headers())
+                except ServingError as exc:
+                    if not (route.version and exc.code == "unknown_model"):
+                        raise
+                    # The version this replica's table routed to was retired and unloaded since (the table is
+                    # refreshed once a second): production answers instead of failing the request.
+                    log.info("%s version %s is gone; production answers", model, route.version)
+                    metrics.record_route_fallback(model)
+                    result = await self.triton.infer(model, rows, "", triton_headers())
                 span.set_attribute("rts.model_version", str(result.version))
         except ServingError as exc:
             if self.live is not None and exc.status >= 500 and route.version:
@@ -78,7 +87,7 @@ class InferencePipeline:
         if self.live is not None:
             self.live.request(model, result.version, ok=True, latency_s=time.perf_counter() - started)
             if request_id:
-                self.live.prediction(request_id, model, result.version, self._predicted(model, result.outputs))
+                self.live.prediction(request_id, model, result.version, self._predicted(model, result.outputs), rows)
         if route.shadow is not None and route.shadow != result.version:
             self._mirror(model, rows, route, result.outputs)
         if self.drift is not None:

@@ -98,6 +98,8 @@ METRIC_FAMILIES = {f.name: f for f in (
            "(regressors: mean absolute error)", ("model", "version")),
     Family("gauge", "rts_shadow_disagreement", "Share of mirrored requests where a version disagreed with production",
            ("model", "version")),
+    Family("counter", "rts_route_fallbacks_total", "Requests routed to a version already unloaded, answered by "
+           "production instead", ("model",)),
     Family("counter", "rts_feedback_total", "Feedback received, by what became of it (joined, pending, expired)",
            ("model", "status")),
 )}
@@ -324,6 +326,10 @@ def set_live_quality(model: str, version: int | str, accuracy: float | None, dis
         m.set("rts_live_accuracy", {"model": model, "version": str(version)}, float(accuracy))
     if disagreement is not None:
         m.set("rts_shadow_disagreement", {"model": model, "version": str(version)}, float(disagreement))
+
+
+def record_route_fallback(model: str) -> None:
+    get_metrics().inc("rts_route_fallbacks_total", {"model": model})
 
 
 def record_feedback(model: str, status: str) -> None:

@@ -12,7 +12,10 @@ pytestmark = pytest.mark.integration
 
 
 def test_ci_profile_writes_a_full_report_with_no_failures(stack, tmp_path):
-    result = run_profile("ci", stack.gateway_url, stack.ray.dashboard_url, tmp_path / "report")
+    # No feedback here: it would become training data, and later tests count on knowing what is new.
+    # (test_rollout sends feedback, and checks what becomes of it.)
+    result = run_profile("ci", stack.gateway_url, stack.ray.dashboard_url, tmp_path / "report",
+                         env={"LOADTEST_FEEDBACK_SHARE": "0"})
     out = tmp_path / "report"
     for name in ("report.html", "locust_stats.csv", "locust_stats_history.csv", "timings.csv", "replicas.csv",
                  "stages.json", "stages.md", "load.png"):

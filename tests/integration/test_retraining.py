@@ -58,9 +58,17 @@ def run_and_wait(admin, reason: str, timeout_s: float = 240, model: str = "digit
     raise AssertionError(f"run {run_id} did not finish in {timeout_s}s")
 
 
-def served_version(gateway) -> str:
+def served_version(gateway, admin, timeout_s: float = 15) -> str:
+    """The version answering /v1/predict once it is the registry's production version: a decision
+    reaches every replica with its next routing refresh (about a second), or what answers at the deadline."""
     body = {"instances": [{"pixels": SPLIT.holdout.x[0].tolist()}]}
-    return gateway.post("/v1/predict", json=body).json()["model"]["version"]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        answered = gateway.post("/v1/predict", json=body).json()["model"]["version"]
+        production = admin.get("/admin/models/digits/status").json()["production"]
+        if answered == str(production) or time.monotonic() > deadline:
+            return answered
+        time.sleep(0.5)
 
 
 def test_admin_api_needs_the_token(gateway):
@@ -70,15 +78,15 @@ def test_admin_api_needs_the_token(gateway):
 
 
 def test_a_run_without_new_data_publishes_nothing(gateway, admin):
-    before = served_version(gateway)
+    before = served_version(gateway, admin)
     run = run_and_wait(admin, "nothing new")
     assert run["outcome"] == "skipped", run.get("reason")
     assert "no new accepted data" in run["reason"] and "train" not in run["stages"]
-    assert served_version(gateway) == before
+    assert served_version(gateway, admin) == before
 
 
 def test_new_data_makes_a_new_version_serve_with_no_failed_requests(stack, gateway, admin):
-    before = served_version(gateway)
+    before = served_version(gateway, admin)
     # New labelled data: training digits moved by a pixel (new images, right labels).
     drop_npz(stack, "shifted.npz", shift_one_pixel(SPLIT.train.x[:400]), SPLIT.train.y[:400])
     body = {"instances": [{"pixels": SPLIT.holdout.x[i].tolist()} for i in range(4)]}
@@ -88,7 +96,7 @@ def test_new_data_makes_a_new_version_serve_with_no_failed_requests(stack, gatew
     assert run["outcome"] == "published", run.get("reason")
     assert all(g["passed"] for g in run["gates"])
     new = str(run["version"])
-    assert new != before and served_version(gateway) == new
+    assert new != before and served_version(gateway, admin) == new
     assert traffic.failed == 0, traffic.errors[:5]
     assert traffic.ok > 10 and new in traffic.versions["digits"]
 
@@ -99,13 +107,13 @@ def test_new_data_makes_a_new_version_serve_with_no_failed_requests(stack, gatew
     assert [f["key"] for f in lineage["data"]["files"]] == ["datasets/digits/accepted/shifted.npz"]
     assert len(lineage["data"]["files"][0]["sha256"]) == 64
     assert lineage["code_version"] and lineage["params"]["workers"] >= 1
-    assert {"train", "evaluate_and_gate", "switch"} <= set(lineage["timings"])
+    assert {"train", "evaluate_and_gate", "load_and_verify", "go_live"} <= set(lineage["timings"])
     assert lineage["events"][0]["type"] == "rts.retrain.requested"
     assert lineage["data"]["training_rows"] > lineage["data"]["base_rows"]
 
 
 def test_bad_data_is_rejected_with_a_report_and_nothing_changes(stack, gateway, admin):
-    before = served_version(gateway)
+    before = served_version(gateway, admin)
     (incoming_dir(stack) / "broken.csv").write_text("p1,p2,label\n1,2,3\n")
     images = SPLIT.train.x[:5].copy()
     images[0, 0, 0] = 99  # out of the 0..16 range
@@ -119,18 +127,18 @@ def test_bad_data_is_rejected_with_a_report_and_nothing_changes(stack, gateway, 
     assert not (incoming_dir(stack) / "broken.csv").exists()
     # Nothing usable arrived: the run publishes nothing, and says so.
     assert run["outcome"] == "skipped", run.get("reason")
-    assert served_version(gateway) == before
+    assert served_version(gateway, admin) == before
 
 
 def test_a_model_that_fails_a_gate_never_serves(stack, gateway, admin):
-    before = served_version(gateway)
+    before = served_version(gateway, admin)
     rng = np.random.default_rng(0)
     poisoned = shift_one_pixel(SPLIT.train.x[400:1400])
     drop_npz(stack, "mislabelled.npz", poisoned, rng.integers(0, 10, size=len(poisoned)))
     run = run_and_wait(admin, "mislabelled data")
     assert run["outcome"] == "gates_failed", run.get("reason")
     assert any(not g["passed"] for g in run["gates"])
-    assert served_version(gateway) == before
+    assert served_version(gateway, admin) == before
     assert run["stages"]["evaluate_and_gate"]["quarantined_files"] == ["datasets/digits/quarantined/mislabelled.npz"]
 
 
@@ -142,9 +150,9 @@ def test_rollback_in_seconds_and_forward_again(gateway, admin):
     r = admin.post("/admin/models/digits/rollback", json={"version": 1})
     assert r.status_code == 200, r.text
     assert time.monotonic() - started < 30
-    assert served_version(gateway) == "1"
+    assert served_version(gateway, admin) == "1"
     assert admin.post("/admin/models/digits/rollback", json={"version": current}).status_code == 200
-    assert served_version(gateway) == str(current)
+    assert served_version(gateway, admin) == str(current)
     r = admin.post("/admin/models/digits/rollback", json={"version": 999})
     assert r.status_code == 409 and "999" in r.json()["error"]["message"]
     assert admin.post("/admin/models/cats/rollback", json={"version": 1}).status_code == 404

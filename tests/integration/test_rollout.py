@@ -320,3 +320,29 @@ def test_blue_green_switches_all_at_once_and_rolls_back_instantly(stack, admin, 
     assert answered_by(stack, {}, str(production), timeout_s=5) == {str(production)}
     assert time.monotonic() - switched < 10
     load.assert_no_failures(t0)
+
+
+def test_feedback_becomes_training_data_for_the_next_run(stack, admin, load):
+    """The truth users sent back (with the rows the model was given) is written as training data; a run
+    trains on it like new files: new labelled data, so it publishes a candidate."""
+    set_policy(admin, "strategy: manual\n")
+    feedback = Path(stack.settings.data_uri.removeprefix("file://")) / "datasets" / MODEL / "feedback"
+    deadline = time.monotonic() + 120
+    while not list(feedback.glob("*.npz")) and time.monotonic() < deadline:
+        time.sleep(2)
+    files = sorted(feedback.glob("*.npz"))
+    assert files, "the controller wrote no feedback data in 2 minutes of load"
+    with np.load(files[0]) as data:
+        assert data["x"].shape[1:] == (8, 8) and len(data["y"]) == len(data["x"]) > 0
+        assert set(np.unique(data["y"])) <= set(range(10))
+    r = admin.post(f"/admin/models/{MODEL}/retrain", json={"reason": "labelled feedback arrived"})
+    assert r.status_code == 202, r.text
+    run_id, deadline = r.json()["run_id"], time.monotonic() + 400
+    while (r := admin.get(f"/admin/runs/{run_id}")).status_code == 404 or r.json()["outcome"] == "running":
+        assert time.monotonic() < deadline, "the retraining run did not finish"
+        time.sleep(2)
+    run = r.json()
+    assert run["outcome"] == "published" and run["stage"] == "candidate", run.get("reason")
+    trained_on = run["stages"]["validate"]["new_files"]
+    assert any(key.startswith(f"datasets/{MODEL}/feedback/") for key in trained_on), trained_on
+    assert admin.post(f"/admin/models/{MODEL}/rollback", json={}).json()["retired"] == [run["version"]]

@@ -36,6 +36,8 @@ def run(monkeypatch, tmp_path):
      "--subscription must look like projects/<project>/subscriptions/<name>"),
     (["listen", "--source", "kafka"], "listener.source: Input should be 'local', 'sqs' or 'pubsub'"),
     (["models", "rollback", "cats", "1"], "no model named 'cats'; models here: diabetes, digits"),
+    (["models", "status", "digits"], "set RTS_ADMIN_TOKEN to the gateway's admin token (make up prints it)"),
+    (["models", "policy", "digits", "--file", "/no/such/policy.yaml"], "does not exist"),
 ])
 def test_missing_or_wrong_options_are_one_line(run, args, message):
     code, output = run(*args)
@@ -55,3 +57,14 @@ def test_the_region_comes_from_the_queue_url(run, monkeypatch):
 
     assert region_of("https://sqs.eu-west-1.amazonaws.com/123/q") == "eu-west-1"
     assert region_of("http://127.0.0.1:5000/123/q") is None
+
+
+def test_rollout_commands_say_when_no_gateway_answers(run, monkeypatch):
+    monkeypatch.setenv("RTS_ADMIN_TOKEN", "t0ken")
+    monkeypatch.setenv("RTS_SERVE_HTTP_PORT", "9")  # nothing listens there
+    get_settings.cache_clear()
+    for args in (["models", "status", "digits"], ["models", "promote", "digits", "2"], ["models", "rollback", "digits"],
+                 ["models", "fault", "digits", "2", "--latency-ms", "100"]):
+        code, output = run(*args)
+        assert code == 2 and output.startswith("error: no gateway at http://127.0.0.1:9/admin/"), output
+        assert "is the stack up (make up)?" in output and len(output.splitlines()) == 1

@@ -852,3 +852,17 @@ def test_add_candidate_refuses_the_production_version(registry, triton, files):
     with pytest.raises(StageError, match="production already"):
         registry.add_candidate(MODEL, FAMILY, 1, by="run")
     assert registry.stages(MODEL).versions == {1: "production"}
+
+
+def test_unload_retired_keeps_versions_retired_too_recently(registry, repository, triton, files, rows):
+    """A version just rolled back may still have requests on their way (a gateway's table is up to a
+    second old): the controller names it in `keep` until its grace period is over."""
+    first_build(registry, triton, files)
+    release(registry, 2, files, rows, to="canary")
+    release(registry, 3, files, rows, to="canary")
+    registry.retire(MODEL, FAMILY, 2, by="rollout-controller", reason="superseded")
+    registry.retire(MODEL, FAMILY, 3, by="rollout-controller", reason="canary errors")
+    assert registry.unload_retired(MODEL, FAMILY, keep=[3]) == [2]
+    assert triton.ready_versions(version_ensemble(ENSEMBLE, 3)) == [3]  # still answers
+    assert triton.ready_versions(version_ensemble(ENSEMBLE, 2)) == []
+    assert registry.unload_retired(MODEL, FAMILY) == [3]  # its grace is over

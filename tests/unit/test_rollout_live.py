@@ -16,6 +16,7 @@ from __future__ import annotations
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from services.rollout.live import LiveStats, Reporter
@@ -43,8 +44,8 @@ def test_take_hands_over_everything_once():
     assert four["shadow_disagreements"] == 1 and four["shadow_skipped"] == 1
     assert four["shadow_latencies_ms"] == [pytest.approx(5.0), pytest.approx(7.0)]
     assert snapshot["versions"]["diabetes"]["1"]["requests"] == 1
-    request_id, model, version, predicted, at = snapshot["predictions"][0]
-    assert (request_id, model, version, predicted) == ("req-1", "digits", "3", [7])
+    request_id, model, version, predicted, at, rows = snapshot["predictions"][0]
+    assert (request_id, model, version, predicted, rows) == ("req-1", "digits", "3", [7], None)
     assert live.take() is None  # handed over
 
 
@@ -63,7 +64,7 @@ def test_recent_finds_a_request_answered_lately_and_is_bounded():
     for i in range(3):
         live.prediction(f"req-{i}", "digits", "1", [i])
     assert live.recent("req-0") is None  # the oldest was forgotten
-    model, version, predicted, at = live.recent("req-2")
+    model, version, predicted, at, rows = live.recent("req-2")
     assert (model, version, predicted) == ("digits", "1", [2])
     live.take()
     assert live.recent("req-2") is not None  # a report does not forget what feedback may still join
@@ -121,3 +122,13 @@ def test_reporter_sends_nothing_when_nothing_happened_and_survives_a_failed_send
         assert wait_for(lambda: len(calls) >= 2)  # the loop carried on after the failure
     finally:
         reporter.stop()
+
+
+def test_rows_are_kept_for_feedback_only_when_small():
+    """The rows a version was given make its feedback training data; large inputs are not carried around."""
+    live = LiveStats(replica="r")
+    small, large = np.zeros((2, 64), np.float32), np.zeros((400, 64), np.float32)  # 512 B vs 100 KiB
+    live.prediction("a", "digits", "1", [0, 0], small)
+    live.prediction("b", "digits", "1", [0] * 400, large)
+    assert live.recent("a")[4] is small and live.recent("b")[4] is None
+    assert [p[5] is None for p in live.take()["predictions"]] == [False, True]

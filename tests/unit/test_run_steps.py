@@ -202,3 +202,25 @@ def test_data_of_a_version_rolled_back_live_is_quarantined_by_the_next_run(setti
     report = json.loads(store.get_bytes("datasets/digits/quarantined/batch.npz.report.json"))
     assert "rolled back by its live signals" in json.dumps(report)
     assert record["outcome"] == "skipped"  # nothing new is left to train on
+
+
+def test_feedback_files_are_new_labelled_data_and_drift_with_them_makes_a_candidate(settings):
+    """Labelled feedback the rollout controller wrote is trained on like accepted files (in the lineage,
+    with its hash), except rows of the holdout, which never enter training however they come back."""
+    from services.rollout.labelled import write_file
+
+    metrics.reset_metrics("prometheus")
+    store = data_store(settings)
+    features = DIGITS.features(SPLIT.train.x[:200])
+    holdout = DIGITS.holdout_features()[:50]
+    x = np.concatenate([features, holdout]).reshape(-1, 8, 8)
+    y = np.concatenate([SPLIT.train.y[:200], DIGITS.base_data().holdout.y[:50]])
+    key = write_file(store, "digits", x, y)
+    drift = {"id": "d2", "type": "rts.retrain.requested", "data": {"model": "digits", "reason": "drift"}}
+    record = execute_run(settings, "run-m", events=[drift])
+    assert record["outcome"] == "published", record.get("reason")
+    assert record["stages"]["validate"]["new_files"] == [key]
+    assert metrics.sample_value("rts_drift_alerts_total", {"model": "digits"}) in (None, 0)  # data: no alert
+    lineage = Registry.open(settings).records.version("digits", record["version"])
+    assert [f["key"] for f in lineage["data"]["files"]] == [key]
+    assert record["stages"]["train"]["rows"] == len(SPLIT.train) + 200  # the 50 holdout rows were kept out

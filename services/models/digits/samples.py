@@ -1,4 +1,8 @@
-"""Held-out digits rendered as image files a user might send: for tests, load tests and demos."""
+"""Digits rendered as image files a user might send: for tests, load tests and demos.
+
+Held-out digits for what measures the model; training digits for load tests whose feedback may become
+training data (the holdout the gates judge on must never come back through feedback).
+"""
 
 from __future__ import annotations
 
@@ -29,13 +33,21 @@ VARIANTS = [
 
 def holdout_images(n: int, seed: int = 1) -> list[RenderedDigit]:
     """n held-out digits, each rendered in one of the VARIANTS (cycled)."""
-    holdout = load_split().holdout
+    return rendered(load_split().holdout, n, seed)
+
+
+def training_images(n: int, seed: int = 1) -> list[RenderedDigit]:
+    """n digits of the training split, each rendered in one of the VARIANTS (cycled)."""
+    return rendered(load_split().train, n, seed)
+
+
+def rendered(part, n: int, seed: int) -> list[RenderedDigit]:
     rng = np.random.default_rng(seed)
-    idx = rng.choice(len(holdout), size=n, replace=False)
+    idx = rng.choice(len(part), size=n, replace=False)
     out = []
     for j, i in enumerate(idx):
         variant = VARIANTS[j % len(VARIANTS)]
-        out.append(RenderedDigit(int(holdout.y[i]), render(holdout.x[i], variant), str(variant)))
+        out.append(RenderedDigit(int(part.y[i]), render(part.x[i], variant), str(variant)))
     return out
 
 
