@@ -108,6 +108,7 @@ def write_table(records: Records, table: RoutingTable) -> None:
 @dataclass(frozen=True)
 class Route:
     version: str  # "" = the plain ensemble (production as Triton has it pinned)
+    pinned: bool = False  # the caller asked for this version (OIP's /versions/<v>): never answered by another
     shadow: str | None = None
     max_in_flight: int = 64
     tolerance: float = 0.1

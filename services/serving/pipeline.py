@@ -67,7 +67,7 @@ class InferencePipeline:
                 try:
                     result = await self.triton.infer(model, rows, route.version, triton_headers())
                 except ServingError as exc:
-                    if not (route.version and exc.code == "unknown_model"):
+                    if not (route.version and not route.pinned and exc.code == "unknown_model"):
                         raise
                     # The version this replica's table routed to was retired and unloaded since (the table is
                     # refreshed once a second): production answers instead of failing the request.

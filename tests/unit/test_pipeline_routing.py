@@ -35,11 +35,12 @@ class Triton:
         return InferResult({"probabilities": scores}, version or "1")
 
 
-def predict(pipeline: InferencePipeline, version: str):
+def predict(pipeline: InferencePipeline, version: str, pinned: bool = False):
     rows = [{"pixels": DIGITS.base_data().holdout.x[0].tolist()}]
     options = DIGITS.Options()
     instances = [DIGITS.Instance.model_validate(r) for r in rows]
-    return asyncio.run(pipeline.predict("digits", instances, options, Route(version), request_id="r1"))
+    return asyncio.run(pipeline.predict("digits", instances, options, Route(version, pinned=pinned),
+                                        request_id="r1"))
 
 
 def test_a_routed_version_answers_and_a_gone_one_falls_back_to_production():
@@ -53,3 +54,17 @@ def test_a_routed_version_answers_and_a_gone_one_falls_back_to_production():
     assert metrics.sample_value("rts_route_fallbacks_total", {"model": "digits"}) == 1
     taken = live.take()
     assert taken["versions"]["digits"]["1"]["requests"] == 1 and "3" not in taken["versions"]["digits"]
+
+
+def test_a_version_the_caller_asked_for_is_never_answered_by_another():
+    metrics.reset_metrics("prometheus")
+    triton = Triton()
+    pipeline = InferencePipeline(LocalPreprocess(PreprocessStage(MODELS)), triton,
+                                 LocalPostprocess(PostprocessStage(MODELS)), models=MODELS)
+    try:
+        predict(pipeline, "3", pinned=True)
+    except UnknownModel as exc:
+        assert "version 3 is not served" in str(exc)
+    else:
+        raise AssertionError("a pinned version that is gone must be a 404, not production's answer")
+    assert triton.calls == ["3"]

@@ -70,7 +70,7 @@ async def infer(request: Request, package: ModelDep, gateway: GatewayDep, versio
     request.state.batch_size = len(parsed.inputs)
     request_id = request.state.request_id  # what X-Request-ID says, and what feedback names
     # A version in the path is that version's own ensemble; none: the model's routing picks one.
-    route = Route(version) if version else gateway.route(package.name, request.headers, request_id)
+    route = Route(version, pinned=True) if version else gateway.route(package.name, request.headers, request_id)
     result = await gateway.pipeline.predict(package.name, parsed.inputs, package.Options(), route, request_id)
     request.state.model_version = result.version
     tensors = package.to_tensors(result.predictions, result.outputs)
