@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha1sum | cut -c1-12)
 
-.PHONY: venv tools models up test test-unit test-integration bench skew loadtest clean
+.PHONY: venv tools models up down test test-unit test-integration test-faults bench skew loadtest clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
@@ -29,6 +29,9 @@ models: venv  ## version 1 of every configured model into the model repository, 
 up: models  ## Triton + Ray (dashboard :8265) + Serve gateway (:8000); Ctrl-C stops all of it
 	$(VENV)/bin/rts up
 
+down: venv  ## end what an earlier `make up` of this checkout left running (after a kill -9, a lost terminal)
+	$(VENV)/bin/rts down
+
 test: venv tools  ## the whole suite: unit tests, then the real Triton + Ray Serve stack
 	$(PY) -m pytest -ra
 
@@ -37,6 +40,11 @@ test-unit: venv
 
 test-integration: venv tools
 	$(PY) -m pytest -ra tests/integration
+
+# Inside a loopback-only network namespace when root (Ray's node traffic then stays on 127.0.0.1).
+LOOPBACK_ONLY := $(shell [ "$$(id -u)" = 0 ] && unshare -n true 2>/dev/null && echo "unshare -n")
+test-faults: venv  ## the whole fault matrix under bounded load: table + plot -> loadtests/results/faults-*/
+	$(if $(LOOPBACK_ONLY),$(LOOPBACK_ONLY) bash -c 'ip link set lo up 2>/dev/null; $(PY) -m loadtests.faults',$(PY) -m loadtests.faults)
 
 bench: venv  ## Triton direct vs the gateway at concurrency 1/8/32, then tracing and routing costs in-process -> loadtests/results/
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }

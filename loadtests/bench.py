@@ -228,11 +228,11 @@ def main(argv: list[str] | None = None) -> Path:
     out = args.out or REPO_ROOT / "loadtests" / "results" / time.strftime("bench-%Y%m%d-%H%M%S")
     bodies = make_bodies(out)
     var_dir = out / "var"
-    http, grpc, metrics, gcs, dashboard, serve = free_ports(6)
+    http, grpc, metrics, gcs, dashboard, serve, launcher = free_ports(7)
     settings = Settings(
         var_dir=var_dir, triton={"http_port": http, "grpc_port": grpc, "metrics_port": metrics},
         ray={"gcs_port": gcs, "dashboard_port": dashboard, "temp_dir": Path(f"/tmp/rts-bench-{os.getpid()}")},
-        serve={"http_port": serve}, listener={"enabled": False})  # see the module docstring
+        serve={"http_port": serve}, launcher={"metrics_port": launcher}, listener={"enabled": False})  # see the module docstring
     results: list[Measurement] = []
     config_for = {"composed": CONFIGS / "inference.yaml", "fused": CONFIGS / "inference-fused.yaml"}
     with Stack(settings, config_for[args.layouts[0]], say=lambda m: print(f"[stack] {m}", flush=True)) as stack:

@@ -86,6 +86,9 @@ class ServeSettings(Section):
     fast_path: bool = Field(True, description="RAY_SERVE_THROUGHPUT_OPTIMIZED=1 for the Ray head")
     haproxy: bool = Field(True, description="HAProxy instead of Serve's Python proxy on the HTTP port (needs "
                           "fast_path); its stats/metrics listeners bind all interfaces, as Ray's own gRPC ports do")
+    retry_on: str = Field("conn-failure empty-response", description="HAProxy's retry-on: when a replica dies "
+                          "with requests on it, those are sent again to another replica (empty-response) instead of "
+                          "failing; Ray's default is conn-failure alone")
 
 
 class AdminSettings(Section):
@@ -101,6 +104,15 @@ class ListenerSettings(Section):
     subscription: str | None = Field(None, description="projects/P/subscriptions/S (source pubsub)")
     debounce_s: float = Field(3.0, ge=0, description="events this close together make one run")
     max_wait_s: float = Field(30.0, gt=0, description="a burst never delays its run longer than this")
+
+
+class LauncherSettings(Section):
+    metrics_port: int = Field(8103, ge=0, description="`rts up`'s own Prometheus endpoint on 127.0.0.1: the "
+                              "processes it supervises, up and restarts (0: none)")
+    restart_backoff_s: float = Field(1.0, gt=0, description="first wait before restarting a crashed Triton or "
+                                     "listener; doubles per crash in a row")
+    restart_backoff_max_s: float = Field(30.0, gt=0, description="longest wait between restarts")
+    stable_after_s: float = Field(60.0, gt=0, description="a process up this long has its backoff reset")
 
 
 class RetrainSettings(Section):
@@ -165,6 +177,7 @@ class Settings(BaseSettings):
     serve: ServeSettings = Field(default_factory=ServeSettings)
     admin: AdminSettings = Field(default_factory=AdminSettings)
     listener: ListenerSettings = Field(default_factory=ListenerSettings)
+    launcher: LauncherSettings = Field(default_factory=LauncherSettings)
     retrain: RetrainSettings = Field(default_factory=RetrainSettings)
     drift: DriftSettings = Field(default_factory=DriftSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)

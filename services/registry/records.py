@@ -122,3 +122,20 @@ class Records:
 
     def mark_processed(self, event_id: str, run_id: str) -> None:
         self._put(self._event_key(event_id), {"event_id": event_id, "run_id": run_id, "at": now()})
+        self.release(event_id)
+
+    # claims: an event handed to a run that has not ended yet (a listener killed meanwhile finds it)
+    @staticmethod
+    def _claim_key(event_id: str) -> str:
+        return f"events/claimed/{hashlib.sha1(event_id.encode()).hexdigest()}.json"
+
+    def claim(self, event_id: str, run_id: str) -> None:
+        self._put(self._claim_key(event_id), {"event_id": event_id, "run_id": run_id, "at": now()})
+
+    def claim_of(self, event_id: str) -> str | None:
+        """The run an event was handed to and which has not been recorded as done, if any."""
+        claim = self._get(self._claim_key(event_id))
+        return claim["run_id"] if claim else None
+
+    def release(self, event_id: str) -> None:
+        self.store.delete(self._claim_key(event_id))

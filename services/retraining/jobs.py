@@ -54,7 +54,16 @@ def wait_for_run(settings: Settings, run_id: str, timeout_s: float | None = None
     deadline = time.monotonic() + (timeout_s or settings.retrain.timeout_s)
     status = None
     while time.monotonic() < deadline:
-        status = client.get_job_status(run_id)
+        try:
+            status = client.get_job_status(run_id)
+        except RuntimeError as exc:  # 404: never submitted, or the cluster that ran it is gone
+            if "does not exist" not in str(exc):
+                raise
+            record = Records(data_store(settings)).run(run_id)
+            if record is None or record.get("outcome") == "running":
+                return {"run_id": run_id, "outcome": "lost", "job_status": "missing",
+                        "reason": "the Ray cluster has no such job (never submitted, or the cluster restarted)"}
+            return record
         if status in TERMINAL:
             break
         time.sleep(1.0)

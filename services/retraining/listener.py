@@ -14,7 +14,12 @@ Semantics:
   (capped at ``max_wait_s`` from the first);
 - a crashed listener loses nothing: unacknowledged events come back (SQS visibility timeout,
   Pub/Sub ack deadline, the local watcher re-lists the folder on start), and the run itself
-  picks up every file in the model's ``incoming/``, not only the ones named in events.
+  picks up every file in the model's ``incoming/``, not only the ones named in events;
+- and starts nothing twice: before a run is submitted its events are claimed for it (the run id is
+  chosen here, and Ray Jobs refuses a second submission with the same id). A listener that finds a
+  redelivered event claimed by a run follows that run to its end instead of starting another, and
+  acknowledges the event then; if the run was lost (never submitted, or its cluster went away), the
+  claim is released and the event starts a new run.
 """
 
 from __future__ import annotations
@@ -29,13 +34,13 @@ from services.modelkit import ModelPackage
 from services.modelkit.discovery import load_models
 from services.registry.records import Records
 from services.retraining.jobs import submit_run, wait_for_run
-from services.retraining.requests import model_of
+from services.retraining.requests import model_of, new_run_id
 from services.settings import Settings
 from services.storage import data_store
 
 log = logging.getLogger("retraining.listener")
 
-Submit = Callable[[str, list[CloudEvent]], str]  # (model, events) -> run id
+Submit = Callable[[str, list[CloudEvent], str], str]  # (model, events, run id) -> run id
 Wait = Callable[[str], dict]  # run id -> run record
 
 
@@ -48,6 +53,7 @@ class RetrainingListener:
         self.debounce_s, self.max_wait_s = debounce_s, max_wait_s
         self.clock = clock
         self.pending: dict[str, list[ReceivedEvent]] = {}
+        self.following: dict[str, list[ReceivedEvent]] = {}  # run id -> its events, redelivered to us
         self.first_at = self.last_at = 0.0
         self.stopping = False
 
@@ -55,12 +61,13 @@ class RetrainingListener:
         """Receive what is there; start runs when a burst is over. Returns the records of runs it waited for."""
         for received in self.source.receive(max_events=100, timeout_s=receive_timeout_s):
             self._accept(received)
+        records = self.follow_runs() if self.following else []
         if not self.pending:
-            return []
+            return records
         now = self.clock()
         if now - self.last_at < self.debounce_s and now - self.first_at < self.max_wait_s:
-            return []
-        return self.run_pending()
+            return records
+        return records + self.run_pending()
 
     def _accept(self, received: ReceivedEvent) -> None:
         event = received.event
@@ -71,6 +78,14 @@ class RetrainingListener:
         if self.records.is_processed(event.id):
             log.info("event %s was already acted on; acknowledging", event.id)
             self.source.ack(received)
+            return
+        run_id = self.records.claim_of(event.id)
+        if run_id is not None:
+            followed = self.following.setdefault(run_id, [])
+            if all(r.event.id != event.id for r in followed):
+                log.info("event %s belongs to run %s, started before this listener; following that run",
+                         event.id, run_id)
+            followed[:] = [r for r in followed if r.event.id != event.id] + [received]  # the newest delivery
             return
         waiting = self.pending.get(model, [])
         for i, earlier in enumerate(waiting):
@@ -92,23 +107,45 @@ class RetrainingListener:
         records = []
         for model, batch in batches.items():
             events = [r.event for r in batch]
+            run_id = new_run_id()
+            for received in batch:
+                self.records.claim(received.event.id, run_id)
             try:
-                run_id = self.submit(model, events)
-                log.info("submitted run %s of %s for %d events", run_id, model, len(events))
-                record = self.wait(run_id)
+                self.submit(model, events, run_id)
             except Exception:  # the Jobs API is away, say: these events stay unacknowledged and come back
                 log.exception("could not run %s for %d events; they stay unacknowledged", model, len(events))
+                for received in batch:
+                    self.records.release(received.event.id)
                 continue
-            log.info("run %s: %s %s", run_id, record.get("outcome"), record.get("reason") or "")
-            records.append(record)
-            if record.get("outcome") == "lost":
-                # No record: do not acknowledge; the events come back and start another run.
-                log.error("run %s left no record (%s); its events stay unacknowledged", run_id, record.get("reason"))
-                continue
-            for received in batch:
-                self.records.mark_processed(received.event.id, run_id)
-                self.source.ack(received)
+            log.info("submitted run %s of %s for %d events", run_id, model, len(events))
+            records += self._finish(run_id, batch)
         return records
+
+    def follow_runs(self) -> list[dict]:
+        """Wait for the runs an earlier listener started for events that came back to us."""
+        following, self.following = self.following, {}
+        records = []
+        for run_id, batch in following.items():
+            records += self._finish(run_id, batch)
+        return records
+
+    def _finish(self, run_id: str, batch: list[ReceivedEvent]) -> list[dict]:
+        try:
+            record = self.wait(run_id)
+        except Exception:  # the Jobs API is away: unacknowledged, the events come back and we follow again
+            log.exception("could not follow run %s; its %d events stay unacknowledged", run_id, len(batch))
+            return []
+        log.info("run %s: %s %s", run_id, record.get("outcome"), record.get("reason") or "")
+        if record.get("outcome") == "lost":
+            # No record: do not acknowledge; the events come back and start another run.
+            log.error("run %s left no record (%s); its events stay unacknowledged", run_id, record.get("reason"))
+            for received in batch:
+                self.records.release(received.event.id)
+            return [record]
+        for received in batch:
+            self.records.mark_processed(received.event.id, run_id)
+            self.source.ack(received)
+        return [record]
 
     def run_forever(self) -> None:
         try:
@@ -124,7 +161,7 @@ def listen(settings: Settings) -> None:
     store = data_store(settings)
     listener = RetrainingListener(
         open_source(settings), Records(store), models,
-        submit=lambda model, events: submit_run(settings, model, events),
+        submit=lambda model, events, run_id: submit_run(settings, model, events, run_id),
         wait=lambda run_id: wait_for_run(settings, run_id),
         debounce_s=settings.listener.debounce_s, max_wait_s=settings.listener.max_wait_s)
 

@@ -17,10 +17,12 @@ every process of that session, waits, then SIGKILL. Nothing is ever stopped by n
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -52,7 +54,7 @@ def stop_process(proc: subprocess.Popen, timeout_s: float = 15.0) -> None:
         _signal_session(proc.pid, sig)
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
-            proc.poll()
+            proc.poll()  # reap it, so it is not a zombie member
             if not _session_members(proc.pid):
                 return
             time.sleep(0.1)
@@ -74,17 +76,65 @@ def _session_members(sid: int) -> list[int]:
     """Live (non-zombie) processes whose session id is `sid`."""
     members = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
-        state, session = fields[0], int(fields[3])
-        if session == sid and state != "Z":
-            members.append(int(entry.name))
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))) is not None:
+            state, session = fields[0], int(fields[3])
+            if session == sid and state != "Z":
+                members.append(int(entry.name))
     return members
+
+
+def _stat(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat after "pid (comm) ": state is [0], session [3], start time [19]; None if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def start_time(pid: int) -> int | None:
+    """When `pid` started (clock ticks since boot): with the pid, it names one process, never a later
+    one that reuses the pid. None if no live process has this pid."""
+    fields = _stat(pid)
+    return int(fields[19]) if fields is not None and fields[0] != "Z" else None
+
+
+def session_alive(sid: int) -> bool:
+    return bool(_session_members(sid))
+
+
+def stop_session(sid: int, timeout_s: float = 15.0) -> None:
+    """SIGTERM every process of session `sid` (one we started with start_new_session), wait, then SIGKILL."""
+    for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
+        _signal_session(sid, sig)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if not _session_members(sid):
+                return
+            time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """SIGINT/SIGTERM wait until the block ends (a child is started and recorded, or not started at all),
+    so a Ctrl-C can never land between the fork and the assignment that lets stop() find the child.
+    They are caught and replayed, not blocked: a blocked mask would pass to the child, which would then
+    ignore SIGTERM for good. Signals reach Python handlers in the main thread only; elsewhere this is a no-op."""
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.getsignal(sig) for sig in held}
+    if threading.current_thread() is not threading.main_thread() or None in previous.values():
+        yield
+        return
+    pending: list[int] = []
+    for sig in held:
+        signal.signal(sig, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for signum in pending:
+            signal.raise_signal(signum)  # as if it came now, to whatever handled it before
 
 
 class StartupFailed(RuntimeError):
@@ -160,6 +210,10 @@ class ManagedProcess:
         self.log_file = Path(log_file)
         self.cwd = cwd
         self.proc: subprocess.Popen | None = None
+        # stop() from another thread (a launcher shutting down while its supervisor restarts this) either
+        # finds the child started and ends it, or makes the start refuse to begin: never a child nobody owns.
+        self._lock = threading.Lock()
+        self._stopped = False
 
     def argv(self) -> list[str]:
         raise NotImplementedError
@@ -182,10 +236,17 @@ class ManagedProcess:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    @property
+    def exit_code(self) -> int | None:
+        return self.proc.poll() if self.proc is not None else None
+
     def start(self, timeout_s: float | None = None):
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         self.prepare()
-        self.proc = start_process(self.argv(), env=self.environment(), log_file=self.log_file, cwd=self.cwd)
+        with self._lock, _signals_held():
+            if self._stopped:
+                raise StartupFailed(f"{self.what} was stopped before it started")
+            self.proc = start_process(self.argv(), env=self.environment(), log_file=self.log_file, cwd=self.cwd)
         try:
             wait_until(self.ready, timeout_s=timeout_s or self.startup_timeout_s, what=self.what, proc=self.proc,
                        log_file=self.log_file, interval_s=self.ready_interval_s)
@@ -195,9 +256,11 @@ class ManagedProcess:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc, timeout_s=self.stop_timeout_s)
-            self.proc = None
+        with self._lock:
+            self._stopped = True
+            proc = self.proc
+        if proc is not None:
+            stop_process(proc, timeout_s=self.stop_timeout_s)
 
     def __enter__(self):
         return self.start()

@@ -23,7 +23,7 @@ from pathlib import Path
 from services.runtime.processes import ManagedProcess, StartupFailed, free_ports, wait_until
 from services.settings import Settings
 
-def serve_fast_path_env(temp_dir: Path, haproxy: bool) -> dict[str, str]:
+def serve_fast_path_env(temp_dir: Path, haproxy: bool, retry_on: str = "conn-failure") -> dict[str, str]:
     """Documented Serve settings that cut the per-hop cost on small machines (loadtests/README.md).
 
     Throughput-optimized mode: gRPC between replicas, user code on the replica's loop, direct
@@ -44,6 +44,9 @@ def serve_fast_path_env(temp_dir: Path, haproxy: bool) -> dict[str, str]:
             "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(base / "metrics.sock"),
             "RAY_SERVE_HAPROXY_STATS_PORT": str(stats_port),
             "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics_port),
+            # A replica killed with requests on it: HAProxy sends them to another replica (they are
+            # answered, not failed). Replays are safe for predictions; see README "Faults we survive".
+            "RAY_SERVE_HAPROXY_RETRY_ON": retry_on,
         })
     return env
 
@@ -63,7 +66,7 @@ class RayHead(ManagedProcess):
         self.dashboard_port = dashboard_port or settings.ray.dashboard_port
         self.temp_dir = temp_dir or settings.ray.temp_dir
         self.num_cpus = num_cpus or os.cpu_count() or 2
-        self.extra_env = {**(serve_fast_path_env(self.temp_dir, settings.serve.haproxy)
+        self.extra_env = {**(serve_fast_path_env(self.temp_dir, settings.serve.haproxy, settings.serve.retry_on)
                              if settings.serve.fast_path else {}), **(env or {})}
 
     @property

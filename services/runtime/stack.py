@@ -6,6 +6,7 @@ the same class on other ports, so what is tested is what users run.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import signal
 import sys
@@ -23,12 +24,21 @@ from services.registry.repository import ModelRepository, version_ensemble
 from services.retraining.dataset import DataPaths
 from services.retraining.jobs import job_env
 from services.retraining.run import build_first_version
+from services.runtime.leftovers import STATE_FILE, StackState, find_leftovers
 from services.runtime.processes import ManagedProcess, wait_until
 from services.runtime.ray_cluster import RayHead
+from services.runtime.supervisor import Supervisor
 from services.runtime.triton import TritonServer
 from services.settings import Settings
 from services.storage import data_store, repository_store
+from services.telemetry.supervision import status_path
 from services.telemetry.tracing import triton_trace_args
+
+log = logging.getLogger("runtime.stack")
+
+
+class StackInTheWay(RuntimeError):
+    """An earlier stack still holds what this one needs; the message names it and says how to end it."""
 
 
 def ensure_models(settings: Settings, say: Callable[[str], None] = print) -> str:
@@ -85,6 +95,9 @@ class Listener(ManagedProcess):
 
 
 class Stack:
+    """Triton, a Ray head, the Serve application and the listener: started in that order, stopped in the
+    reverse one. Triton and the listener are supervised (restarted with backoff when they crash)."""
+
     def __init__(self, settings: Settings, serve_config: Path | None = None, *, work_dir: Path | None = None,
                  ray_temp_dir: Path | None = None, say: Callable[[str], None] = print) -> None:
         if settings.admin.token is None:
@@ -96,12 +109,28 @@ class Stack:
         self.settings = settings
         self.serve_config = serve_config or settings.serve.config
         self.work_dir = work_dir or settings.var_dir / "run"
-        self.say = say
+        self._say = say
         self.ray_temp_dir = ray_temp_dir
         self.triton_repository: str | None = None
-        self.triton: TritonServer | None = None
         self.ray: RayHead | None = None
-        self.listener: Listener | None = None
+        self.state = StackState(self.work_dir / STATE_FILE)
+        self._stopped: list[ManagedProcess] = []  # stop() twice says and does nothing the second time
+        self.supervisor = Supervisor(settings.launcher, status_file=status_path(settings), say=self.say,
+                                     on_start=lambda name, proc: self.state.record(name, proc.pid))
+
+    def say(self, message: str) -> None:
+        try:
+            self._say(message)
+        except OSError:  # the terminal is gone (a closed window, a broken pipe): stopping must go on
+            log.info(message)
+
+    @property
+    def triton(self) -> TritonServer | None:
+        return self.supervisor.current("triton")  # type: ignore[return-value]
+
+    @property
+    def listener(self) -> "Listener | None":
+        return self.supervisor.current("listener")  # type: ignore[return-value]
 
     @property
     def gateway_url(self) -> str:
@@ -132,19 +161,34 @@ class Stack:
                             work_dir=self.work_dir / "triton",
                             extra_args=tuple(triton_trace_args(rate=self.settings.triton.trace_rate)))
 
+    def new_listener(self) -> "Listener":
+        return Listener(self.job_env(), self.work_dir / "listener.log")
+
+    def check_the_way_is_clear(self) -> None:
+        """Refuse to start over an earlier stack (ours or not), naming what is in the way."""
+        leftovers = find_leftovers(self.settings, self.state.path)
+        for note in leftovers.notes:
+            self.say(note)
+        if leftovers.problems:
+            raise StackInTheWay(leftovers.message())
+
     def _start(self) -> None:
         t0 = time.monotonic()
+        self.check_the_way_is_clear()
+        self.state.begin(self.settings)
         self.triton_repository = ensure_models(self.settings, self.say)
         if self.settings.triton.url:
             self.say(f"using external Triton at {self.settings.triton.url}")
         else:
             self.say(f"[1/3] starting tritonserver on :{self.settings.triton.http_port} (HTTP) "
                      f"and :{self.settings.triton.grpc_port} (gRPC) ...")
-            self.triton = self.new_triton().start()
+            self._supervise("triton", self.new_triton)
             self.say(f"      Triton ready ({time.monotonic() - t0:.1f}s); log: {self.triton.log_file}")
         self.say(f"[2/3] starting a Ray head (dashboard :{self.settings.ray.dashboard_port}) ...")
         self.ray = RayHead(self.settings, log_file=self.work_dir / "ray-head.log", env=self.settings.to_env(),
-                           temp_dir=self.ray_temp_dir).start()
+                           temp_dir=self.ray_temp_dir)
+        self.ray.start()
+        self.state.record("ray head", self.ray.pid)
         self.say(f"      Ray ready ({time.monotonic() - t0:.1f}s); temp dir {self.ray.temp_dir}")
         self.say(f"[3/3] deploying {self.serve_config.name} on :{self.settings.serve.http_port} ...")
         rendered = render_serve_config(self.serve_config, self.work_dir / "serve_config.yaml",
@@ -158,9 +202,16 @@ class Stack:
             for name in load_models(self.settings):
                 (root / DataPaths(name).incoming).mkdir(parents=True, exist_ok=True)
         if self.settings.listener.enabled:
-            self.listener = Listener(self.job_env(), self.work_dir / "listener.log").start()
+            self._supervise("listener", self.new_listener)
             self.say(f"      retraining listener watching {self.settings.data_uri}/datasets/<model>/incoming/ "
                      f"(log: {self.listener.log_file})")
+        self.supervisor.start()
+
+    def _supervise(self, name: str, factory: Callable[[], ManagedProcess]) -> None:
+        process = factory()
+        self.supervisor.watch(name, factory, process)  # known before it starts: a stop meanwhile ends it
+        process.start()
+        self.state.record(name, process.pid)
 
     def job_env(self) -> dict[str, str]:
         """Environment for processes that talk to this stack (listener, jobs, CLI)."""
@@ -171,25 +222,45 @@ class Stack:
             return resp.status == 200
 
     def stop(self) -> None:
-        if self.listener is not None:
-            self.listener.stop()
-            self.listener = None
-        if self.ray is not None:
-            self.say("stopping Ray ...")
-            self.ray.stop()
-            self.ray = None
-        if self.triton is not None:
-            self.say("stopping Triton ...")
-            self.triton.stop()
-            self.triton = None
+        """Stop everything this stack started, last started first; safe to call twice and from a signal's
+        unwinding. One child that will not stop never keeps the others running."""
+        children = {name: self.supervisor.current(name) for name in ("listener", "triton")}
+        self.supervisor.stop()
+        steps = [("listener", children["listener"]), ("Ray", self.ray), ("Triton", children["triton"])]
+        failed = []
+        for what, process in steps:
+            if process is None or process in self._stopped:
+                continue
+            self.say(f"stopping {what} ...")
+            try:
+                process.stop()
+                self._stopped.append(process)
+            except Exception:
+                log.exception("could not stop %s", what)
+                failed.append(what)
+        if not failed:
+            self.state.end()
 
     def run_forever(self) -> None:
-        """Start, print where everything is, and stop everything on Ctrl-C or SIGTERM."""
+        """Start, print where everything is, and stop everything on Ctrl-C, SIGTERM or SIGHUP.
 
-        def _terminate(signum, frame):
+        The first signal starts the shutdown; any later one (a process manager's second SIGTERM, `make`
+        passing the group's signal on, an impatient Ctrl-C) is acknowledged and ignored, so the shutdown
+        always finishes: every child gets SIGTERM, then SIGKILL after its own timeout.
+        """
+        stopping = False
+
+        def _on_signal(signum, frame):
+            nonlocal stopping
+            if stopping:
+                self.say(f"{signal.Signals(signum).name}: already stopping; every process started here ends "
+                         "within a minute")
+                return
+            stopping = True
             raise KeyboardInterrupt
 
-        signal.signal(signal.SIGTERM, _terminate)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, _on_signal)
         try:
             self.start()
             self.say(
@@ -202,8 +273,10 @@ class Stack:
             while True:
                 time.sleep(3600)
         except KeyboardInterrupt:
+            stopping = True
             self.say("\nshutting down ...")
         finally:
+            stopping = True
             self.stop()
 
     def __enter__(self) -> "Stack":

@@ -100,6 +100,8 @@ METRIC_FAMILIES = {f.name: f for f in (
            ("model", "version")),
     Family("counter", "rts_route_fallbacks_total", "Requests routed to a version already unloaded, answered by "
            "production instead", ("model",)),
+    Family("gauge", "rts_process_up", "1 while a process the launcher (`rts up`) supervises runs", ("process",)),
+    Family("counter", "rts_process_restarts_total", "Times the launcher restarted a crashed process", ("process",)),
     Family("counter", "rts_feedback_total", "Feedback received, by what became of it (joined, pending, expired)",
            ("model", "status")),
 )}

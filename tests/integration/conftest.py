@@ -63,13 +63,13 @@ def third_model(tmp_path_factory):
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory, otlp, third_model) -> Stack:
     var_dir = tmp_path_factory.mktemp("var")
-    http, grpc, metrics, gcs, dashboard, serve = free_ports(6)
+    http, grpc, metrics, gcs, dashboard, serve, launcher = free_ports(7)
     settings = Settings(
         var_dir=var_dir,
         models=[*bundled_packages(), third_model],
         triton={"http_port": http, "grpc_port": grpc, "metrics_port": metrics},
         ray={"gcs_port": gcs, "dashboard_port": dashboard, "temp_dir": Path(f"/tmp/rts-test-{os.getpid()}")},
-        serve={"http_port": serve},
+        serve={"http_port": serve}, launcher={"metrics_port": launcher},
         limits={"max_body_bytes": 2 * 1024 * 1024, "max_batch_items": 64, "max_image_pixels": 4_000_000},
         # Tests start runs themselves; test_retraining_events runs its own listener.
         listener={"enabled": False},

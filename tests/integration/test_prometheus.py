@@ -36,6 +36,7 @@ def render(stack, path) -> None:
             sd["refresh_interval"] = "1s"
         for static in job.get("static_configs", []):
             static["targets"] = [t.replace(":8102", f":{stack.settings.triton.metrics_port}")
+                                 .replace(":8103", f":{stack.settings.launcher.metrics_port}")
                                  for t in static["targets"]]
     path.write_text(yaml.safe_dump(config, sort_keys=False))
 
@@ -98,13 +99,16 @@ def test_shipped_config_scrapes_gateway_metrics_through_ray_and_triton(stack, ga
     # Requests reach Triton through each version's own ensemble (digits__v<N>) once the rollout routes them.
     triton = wait_for_series(prometheus, 'nv_inference_request_success{job="triton",model=~"digits(__v[0-9]+)?"}')
     assert sum(float(s["value"][1]) for s in triton) >= 5
+    # The launcher's own endpoint: the processes it supervises.
+    supervised = wait_for_series(prometheus, 'rts_process_up{job="launcher"}')
+    assert {s["metric"]["process"] for s in supervised} >= {"triton"}
     assert all(s["value"][1] == "1" for s in query(prometheus, "up"))
 
 
 def test_shipped_alert_rules_are_loaded_and_evaluated(prometheus):
     rules = httpx.get(f"{prometheus}/api/v1/rules", timeout=5).json()["data"]["groups"]
     loaded = {r["name"]: r for g in rules for r in g["rules"]}
-    assert {"ModelDriftWithoutNewData", "ModelVersionRolledBack", "RolloutStalled"} <= set(loaded)
+    assert {"ModelDriftWithoutNewData", "ModelVersionRolledBack", "RolloutStalled", "ProcessCrashLooping"} <= set(loaded)
     deadline = time.monotonic() + 30
     while any(r["health"] == "unknown" for r in loaded.values()) and time.monotonic() < deadline:
         time.sleep(1)

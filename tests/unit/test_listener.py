@@ -82,16 +82,28 @@ class Runs:
         self.outcomes: list[str] = []  # outcome of each next run; "published" when empty
         self.seen_at_wait: list[tuple[list[str], list[bool]]] = []  # (acked so far, processed markers) per wait
 
-    def submit(self, model: str, events: list[CloudEvent]) -> str:
+        self.ids_of: dict[str, list[str]] = {}  # run id -> its event ids
+        self.dies_in_wait = False  # the listener process is killed while it waits for its run
+
+    def submit(self, model: str, events: list[CloudEvent], run_id: str) -> str:
+        assert all(self.records.claim_of(e.id) == run_id for e in events)  # claimed before submitted
         self.submitted.append((model, [e.id for e in events]))
-        return f"run-{len(self.submitted)}"
+        self.ids_of[run_id] = [e.id for e in events]
+        return run_id
 
     def wait(self, run_id: str) -> dict:
-        ids = self.submitted[int(run_id.split("-")[1]) - 1][1]
+        if self.dies_in_wait:
+            self.dies_in_wait = False
+            raise Killed
+        ids = self.ids_of[run_id]
         self.seen_at_wait.append(([i for i in ids if i in self.source.acked],
                                   [self.records.is_processed(i) for i in ids]))
         outcome = self.outcomes.pop(0) if self.outcomes else "published"
         return {"run_id": run_id, "outcome": outcome}
+
+
+class Killed(BaseException):
+    """The listener process dies here (kill -9): nothing after this line of it runs."""
 
 
 @pytest.fixture
@@ -183,7 +195,7 @@ def test_events_are_acked_and_marked_only_after_the_run_is_recorded(setup):
     assert source.acked == [a.id, b.id] and source.in_flight == {}
     assert marked_when_acked == {a.id: True, b.id: True}  # the marker is written before the ack
     marker = records.store.get_bytes(Records._event_key(a.id))
-    assert b'"run_id": "run-1"' in marker
+    assert f'"run_id": "{next(iter(runs.ids_of))}"'.encode() in marker
 
 
 # ---- dedupe ---------------------------------------------------------------------------------------
@@ -310,3 +322,62 @@ def test_a_request_without_a_model_asks_for_nothing_with_two_models(setup):
     poll_at(listener, clock, 0.0)
     assert poll_at(listener, clock, 100.0) == [] and runs.submitted == []
     assert source.acked == [asked.id]
+
+
+# ---- a listener killed in the middle of a run ---------------------------------------------------------
+
+def test_a_listener_killed_during_a_run_is_followed_by_the_next_one_not_run_twice(setup):
+    make, source, records, runs, clock = setup
+    event = created(DIGITS_FILE)
+    source.push(event)
+    first = make()
+    runs.dies_in_wait = True
+    poll_at(first, clock, 0.0)
+    with pytest.raises(Killed):
+        poll_at(first, clock, DEBOUNCE)
+    assert len(runs.submitted) == 1 and source.acked == []  # submitted, not acknowledged
+    run_id = records.claim_of(event.id)
+
+    source.redeliver()  # the queue hands the unacknowledged event to the restarted listener
+    second = make()
+    done = poll_at(second, clock, DEBOUNCE + 1)
+    assert [r["run_id"] for r in done] == [run_id]  # it waited for the first listener's run
+    assert len(runs.submitted) == 1  # and started none of its own
+    assert source.acked == [event.id] and records.is_processed(event.id)
+    assert records.claim_of(event.id) is None
+    assert poll_at(second, clock, 100.0) == [] and len(runs.submitted) == 1
+
+
+def test_a_claimed_run_that_was_lost_releases_its_events_for_a_new_run(setup):
+    make, source, records, runs, clock = setup
+    event = created(DIGITS_FILE)
+    source.push(event)
+    first = make()
+    runs.dies_in_wait = True
+    poll_at(first, clock, 0.0)
+    with pytest.raises(Killed):
+        poll_at(first, clock, DEBOUNCE)
+    source.redeliver()
+    second = make()
+    runs.outcomes = ["lost"]  # say the Ray cluster restarted under it
+    assert [r["outcome"] for r in poll_at(second, clock, DEBOUNCE + 1)] == ["lost"]
+    assert source.acked == [] and records.claim_of(event.id) is None
+    source.redeliver()
+    poll_at(second, clock, 2 * DEBOUNCE + 2)
+    assert [r["outcome"] for r in poll_at(second, clock, 3 * DEBOUNCE + 3)] == ["published"]
+    assert len(runs.submitted) == 2 and source.acked == [event.id]
+
+
+def test_a_failed_submission_releases_the_claim(setup):
+    make, source, records, runs, clock = setup
+    event = created(DIGITS_FILE)
+    source.push(event)
+    listener = make()
+
+    def refuse(model, events, run_id):
+        raise ConnectionError("the Jobs API is away")
+
+    listener.submit = refuse
+    poll_at(listener, clock, 0.0)
+    assert poll_at(listener, clock, DEBOUNCE) == []
+    assert records.claim_of(event.id) is None and source.acked == []

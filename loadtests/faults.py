@@ -1,0 +1,367 @@
+"""Faults under load: kill what users' requests run on, and count what they lose.
+
+Usage::
+
+    python -m loadtests.faults                       # the whole matrix (make test-faults), ~5 minutes
+    python -m loadtests.faults --rows ingress-1-of-2,triton
+
+Starts its own stack (``Stack``, as ``make up`` does) on free ports, then for each row runs a bounded
+Locust load (``USERS`` users of ``loadtests/locustfile.py``), injects the fault after ``BEFORE_S``,
+waits until the row says it recovered (at most ``RECOVER_CAP_S``), keeps the load on for
+``AFTER_S`` more, and stops. Run it inside a loopback-only network namespace (``make test-faults``
+does, as root) so every packet stays on 127.0.0.1.
+
+Each row reports:
+
+- requests, and failed requests (Locust's failures: a 5xx, a reset, a timeout);
+- in flight at the fault: requests started before it and answered after it (those are the ones a
+  dying process can take down with it), and failed requests beyond those;
+- time to recover: from the fault until the row's own check passes (replicas back at their count,
+  Triton ready, ...), and until the last failed request;
+- what was lost (the row's own account: runs, events, versions).
+
+Writes ``faults.md`` (the table), ``faults.json`` and ``faults.png`` (requests and errors per half
+second around each fault) to ``loadtests/results/faults-<time>/``, with each row's Locust report in
+a folder of its own. ``tests/integration/test_zw_faults.py`` runs the fast subset in ``make test``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import re
+import signal
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import yaml
+
+from loadtests.run import run_profile
+from services.registry.records import Records
+from services.runtime.processes import free_ports
+from services.runtime.stack import Stack, render_serve_config
+from services.settings import REPO_ROOT, Settings
+from services.storage import data_store
+
+USERS = 8  # the "fault" profile's users (loadtests/profiles.py)
+BEFORE_S = 8.0
+AFTER_S = 6.0
+RECOVER_CAP_S = 180.0  # the listener row waits for a whole retraining run
+CONFIGS = REPO_ROOT / "ray_apps" / "configs"
+APP = "inference"
+
+
+@dataclass
+class Fault:
+    """One row: how to set the stack up for it, the fault itself, and when it counts as recovered."""
+
+    name: str
+    what: str
+    prepare: Callable[["Stack"], None]
+    inject: Callable[["Stack"], dict]  # returns what it did (pids, ...), kept in the report
+    recovered: Callable[["Stack", dict], bool]
+    lost: Callable[["Stack", dict], str] = lambda stack, done: "nothing"
+
+
+@dataclass
+class RowResult:
+    name: str
+    what: str
+    requests: int
+    failed: int
+    failed_before_fault: int
+    in_flight: int
+    failed_beyond_in_flight: int
+    recovered_s: float | None  # the row's own check passed this long after the fault; None: not within the cap
+    last_failure_s: float | None  # the last failed request started this long after the fault
+    lost: str
+    injected: dict = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    out: str = ""
+
+
+# ---- the stack's Serve application, as the rows need it --------------------------------------------
+
+def serve_status(stack: Stack) -> dict:
+    with urllib.request.urlopen(f"{stack.ray.dashboard_url}/api/serve/applications/", timeout=5) as resp:
+        return json.load(resp)
+
+
+def running_replicas(stack: Stack, deployment: str) -> list[dict]:
+    deployments = serve_status(stack).get("applications", {}).get(APP, {}).get("deployments", {})
+    return [r for r in deployments.get(deployment, {}).get("replicas", []) if r.get("state") == "RUNNING"]
+
+
+def deploy(stack: Stack, config: Path, replicas: dict[str, int]) -> None:
+    """Deploy `config` with fixed replica counts for the named deployments (autoscaling off for them)."""
+    rendered = render_serve_config(config, stack.work_dir / "faults" / config.name,
+                                   http_port=stack.settings.serve.http_port)
+    body = yaml.safe_load(rendered.read_text())
+    for app in body["applications"]:
+        for d in app.get("deployments", []):
+            if d["name"] in replicas:
+                d.pop("autoscaling_config", None)
+                d["num_replicas"] = replicas[d["name"]]
+    rendered.write_text(yaml.safe_dump(body, sort_keys=False))
+    stack.ray.serve_deploy(rendered)
+    deadline = time.monotonic() + 120
+    while any(len(running_replicas(stack, d)) != n for d, n in replicas.items()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"replicas {replicas} not running after 120 s: {serve_status(stack)}")
+        time.sleep(0.5)
+
+
+def healthy(stack: Stack) -> bool:
+    try:
+        return stack.healthy()
+    except OSError:
+        return False
+
+
+def kill_replica(deployment: str, which: int = 0) -> Callable[[Stack], dict]:
+    def inject(stack: Stack) -> dict:
+        victims = sorted(running_replicas(stack, deployment), key=lambda r: r["replica_id"])
+        victim = victims[which]
+        os.kill(victim["pid"], signal.SIGKILL)
+        return {"deployment": deployment, "killed_pid": victim["pid"], "replicas_before": len(victims),
+                "pids_before": [r["pid"] for r in victims]}
+    return inject
+
+
+def replicas_back(deployment: str) -> Callable[[Stack, dict], bool]:
+    def check(stack: Stack, done: dict) -> bool:
+        now = running_replicas(stack, deployment)
+        return (len(now) >= done["replicas_before"] and done["killed_pid"] not in {r["pid"] for r in now}
+                and healthy(stack))
+    return check
+
+
+def kill_triton(stack: Stack) -> dict:
+    pid = stack.triton.pid
+    os.kill(pid, signal.SIGKILL)
+    return {"killed_pid": pid}
+
+
+def triton_back(stack: Stack, done: dict) -> bool:
+    return stack.triton is not None and stack.triton.pid != done["killed_pid"] and healthy(stack)
+
+
+def drop_data_then_kill_listener(stack: Stack) -> dict:
+    """New labelled digits in incoming/ (as an upload would land), then kill -9 the listener once it has
+    submitted the run for them."""
+    from services.models.digits.data import load_split
+    from services.models.digits.gates import shift_one_pixel
+
+    split = load_split()
+    key = f"datasets/digits/incoming/fault-{int(time.time())}.npz"
+    path = Path(stack.settings.data_uri.removeprefix("file://")) / key
+    buf = io.BytesIO()
+    np.savez(buf, images=shift_one_pixel(split.train.x[:300]), labels=split.train.y[:300])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_name(f".{path.name}.partial").write_bytes(buf.getvalue())
+    path.with_name(f".{path.name}.partial").rename(path)
+    listener = stack.listener
+    log = listener.log_file
+    offset = log.stat().st_size if log.exists() else 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        text = log.read_text()[offset:] if log.exists() else ""
+        found = re.search(r"submitted run (\S+) of digits", text)
+        if found:
+            os.kill(listener.pid, signal.SIGKILL)
+            return {"key": key, "run_id": found.group(1), "killed_pid": listener.pid}
+        time.sleep(0.2)
+    raise TimeoutError(f"the listener submitted no run for {key} in 60 s")
+
+
+def runs_for(stack: Stack, key: str) -> list[dict]:
+    """The run requests whose events name this object (one is right; two is an event acted on twice)."""
+    store = data_store(stack.settings)
+    found = []
+    for obj in store.list("runs/"):
+        if obj.key.endswith(".request.json"):
+            request = json.loads(store.get_bytes(obj.key))
+            if any(e.get("data", {}).get("key") == key for e in request.get("events", [])):
+                found.append(request)
+    return found
+
+
+def listener_back_and_run_done(stack: Stack, done: dict) -> bool:
+    record = Records(data_store(stack.settings)).run(done["run_id"])
+    return (stack.listener is not None and stack.listener.running and stack.listener.pid != done["killed_pid"]
+            and record is not None and record.get("outcome") not in (None, "running"))
+
+
+def runs_lost_or_doubled(stack: Stack, done: dict) -> str:
+    runs = runs_for(stack, done["key"])
+    record = Records(data_store(stack.settings)).run(done["run_id"]) or {}
+    return (f"{len(runs)} run(s) for the event ({record.get('outcome', 'no record')}); "
+            + ("none lost, none doubled" if len(runs) == 1 else "WRONG: expected exactly one"))
+
+
+FUSED, COMPOSED = CONFIGS / "inference-fused.yaml", CONFIGS / "inference.yaml"
+
+FAULTS: dict[str, Fault] = {f.name: f for f in (
+    Fault("ingress-1-of-2", "kill -9 one of two ingress replicas (fused layout)",
+          lambda s: deploy(s, FUSED, {"Ingress": 2}), kill_replica("Ingress"), replicas_back("Ingress")),
+    Fault("ingress-only", "kill -9 the only ingress replica (fused layout)",
+          lambda s: deploy(s, FUSED, {"Ingress": 1}), kill_replica("Ingress"), replicas_back("Ingress")),
+    Fault("preprocess-1-of-2", "kill -9 one of two Preprocess replicas (composed layout)",
+          lambda s: deploy(s, COMPOSED, {"Preprocess": 2}), kill_replica("Preprocess"), replicas_back("Preprocess")),
+    Fault("triton", "kill -9 Triton; the launcher restarts it",
+          lambda s: deploy(s, FUSED, {"Ingress": 1}), kill_triton, triton_back),
+    Fault("listener-mid-run", "kill -9 the listener while its retraining run runs; the launcher restarts it",
+          lambda s: deploy(s, FUSED, {"Ingress": 1}), drop_data_then_kill_listener, listener_back_and_run_done,
+          runs_lost_or_doubled),
+)}
+
+
+# ---- one row ----------------------------------------------------------------------------------------
+
+def run_row(stack: Stack, fault: Fault, out: Path, say: Callable[[str], None] = print) -> RowResult:
+    say(f"[faults] {fault.name}: {fault.what}")
+    fault.prepare(stack)
+    stop = threading.Event()
+    marks: dict = {}
+
+    def inject_later() -> None:
+        time.sleep(BEFORE_S)
+        marks["t_fault"] = time.time()
+        try:
+            marks["injected"] = fault.inject(stack)
+            deadline = time.monotonic() + RECOVER_CAP_S
+            while time.monotonic() < deadline and not stop.is_set():
+                if fault.recovered(stack, marks["injected"]):
+                    marks["recovered_s"] = time.time() - marks["t_fault"]
+                    break
+                time.sleep(0.2)
+            say(f"[faults] {fault.name}: recovered after {marks.get('recovered_s', float('nan')):.1f}s")
+            time.sleep(AFTER_S)
+            marks["lost"] = fault.lost(stack, marks["injected"])
+        except Exception as exc:  # the row fails, the matrix goes on
+            marks["error"] = repr(exc)
+        finally:
+            stop.set()
+
+    injector = threading.Thread(target=inject_later, daemon=True)
+    injector.start()
+    env = {"LOADTEST_FEEDBACK_SHARE": "0"}
+    result = run_profile("fault", stack.gateway_url, stack.ray.dashboard_url, out, app=APP, stop_early=stop, env=env)
+    injector.join(timeout=RECOVER_CAP_S + 30)
+    timings = result["timings"]
+    t_fault = marks.get("t_fault", float("inf"))
+    if len(timings):
+        starts, ends, ok = timings[:, 0], timings[:, 0] + timings[:, 1] / 1000, timings[:, 2] == 1
+    else:
+        starts = ends = ok = np.zeros(0)
+    failed = ~ok.astype(bool) if len(timings) else np.zeros(0, dtype=bool)
+    in_flight = int(np.sum((starts <= t_fault) & (ends >= t_fault)))
+    after = failed & (starts >= t_fault - 30)
+    last_failure = float(np.max(starts[after]) - t_fault) if np.any(after) else None
+    errors = []
+    failures_csv = out / "locust_failures.csv"
+    if failures_csv.exists():
+        errors = failures_csv.read_text().splitlines()[1:6]
+    row = RowResult(
+        name=fault.name, what=fault.what, requests=int(len(timings)), failed=int(np.sum(failed)),
+        failed_before_fault=int(np.sum(failed & (ends < t_fault))), in_flight=in_flight,
+        failed_beyond_in_flight=max(0, int(np.sum(failed)) - in_flight),
+        recovered_s=marks.get("recovered_s"), last_failure_s=last_failure,
+        lost=marks.get("lost", marks.get("error", "unknown")), injected=marks.get("injected", {}), errors=errors,
+        out=str(out))
+    (out / "row.json").write_text(json.dumps(asdict(row), indent=2))
+    say(f"[faults] {fault.name}: {row.failed} of {row.requests} failed ({row.in_flight} in flight), "
+        f"recovered {row.recovered_s if row.recovered_s is None else round(row.recovered_s, 1)} s")
+    marks["timings"] = timings
+    row_marks[fault.name] = marks
+    return row
+
+
+row_marks: dict[str, dict] = {}  # per row: the fault's time and the request timings, for the plot
+
+
+# ---- the report -------------------------------------------------------------------------------------
+
+def table(rows: list[RowResult]) -> str:
+    head = ("| fault | requests | failed | in flight at the fault | failed beyond those | recovered in s "
+            "| last failure at s | lost |\n|---|---:|---:|---:|---:|---:|---:|---|\n")
+    fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
+    return head + "".join(
+        f"| {r.what} | {r.requests} | {r.failed} | {r.in_flight} | {r.failed_beyond_in_flight} | "
+        f"{fmt(r.recovered_s)} | {fmt(r.last_failure_s)} | {r.lost} |\n" for r in rows)
+
+
+def plot(rows: list[RowResult], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(rows), 1, figsize=(9, 2.4 * len(rows)), squeeze=False)
+    for ax, row in zip(axes[:, 0], rows):
+        marks = row_marks.get(row.name, {})
+        timings, t_fault = marks.get("timings"), marks.get("t_fault")
+        if timings is None or not len(timings) or t_fault is None:
+            ax.set_title(f"{row.what}: no data")
+            continue
+        rel = timings[:, 0] - t_fault
+        bins = np.arange(np.floor(rel.min()), np.ceil(rel.max()) + 0.5, 0.5)
+        ok, _ = np.histogram(rel[timings[:, 2] == 1], bins)
+        bad, _ = np.histogram(rel[timings[:, 2] == 0], bins)
+        ax.bar(bins[:-1], ok / 0.5, width=0.5, align="edge", color="tab:blue", label="answered req/s")
+        ax.bar(bins[:-1], bad / 0.5, width=0.5, align="edge", bottom=ok / 0.5, color="tab:red", label="failed req/s")
+        ax.axvline(0, color="black", linestyle="--", linewidth=1)
+        if row.recovered_s is not None:
+            ax.axvline(row.recovered_s, color="tab:green", linestyle=":", linewidth=1.5, label="recovered")
+        ax.set_title(f"{row.what}: {row.failed} failed of {row.requests}", fontsize=9)
+        ax.set_xlabel("seconds from the fault")
+        ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def write_report(rows: list[RowResult], out: Path) -> None:
+    (out / "faults.json").write_text(json.dumps([asdict(r) for r in rows], indent=2))
+    (out / "faults.md").write_text(table(rows))
+    plot(rows, out / "faults.png")
+
+
+def fault_settings(var_dir: Path) -> Settings:
+    http, grpc, metrics, gcs, dashboard, serve, launcher = free_ports(7)
+    return Settings(var_dir=var_dir, models=["services.models.digits", "services.models.diabetes"],
+                    triton={"http_port": http, "grpc_port": grpc, "metrics_port": metrics},
+                    ray={"gcs_port": gcs, "dashboard_port": dashboard, "temp_dir": Path(f"/tmp/rts-faults-{os.getpid()}")},
+                    serve={"http_port": serve, "config": FUSED}, launcher={"metrics_port": launcher},
+                    drift={"enabled": False})  # a repeated load-test image must not start runs of its own
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="faults under bounded load, with a table and a plot")
+    parser.add_argument("--rows", default=",".join(FAULTS), help=f"comma-separated, of: {', '.join(FAULTS)}")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    names = [n.strip() for n in args.rows.split(",") if n.strip()]
+    unknown = [n for n in names if n not in FAULTS]
+    if unknown:
+        sys.exit(f"unknown rows {unknown}; rows: {', '.join(FAULTS)}")
+    out = args.out or REPO_ROOT / "loadtests" / "results" / time.strftime("faults-%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    with Stack(fault_settings(out / "var"), say=lambda m: print(f"[stack] {m}", flush=True)) as stack:
+        for name in names:
+            rows.append(run_row(stack, FAULTS[name], out / name))
+            write_report(rows, out)
+    print(table(rows))
+    print(f"report: {out}")
+
+
+if __name__ == "__main__":
+    main()
