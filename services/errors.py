@@ -44,6 +44,13 @@ class PayloadTooLarge(ServingError):
     code = "payload_too_large"
 
 
+class RequestTimeout(ServingError):
+    """The request body did not arrive in time (a stalled or trickling client)."""
+
+    status = 408
+    code = "body_timeout"
+
+
 class UnknownModel(ServingError):
     status = 404
     code = "unknown_model"

@@ -47,6 +47,9 @@ def serve_fast_path_env(temp_dir: Path, haproxy: bool, retry_on: str = "conn-fai
             # A replica killed with requests on it: HAProxy sends them to another replica (they are
             # answered, not failed). Replays are safe for predictions; see README "Faults we survive".
             "RAY_SERVE_HAPROXY_RETRY_ON": retry_on,
+            # A client silent this long is cut off (Ray's default, an hour, lets slow-header clients hold
+            # HAProxy's connection slots); longer than Serve's 30 s request timeout.
+            "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": "60",
         })
     return env
 

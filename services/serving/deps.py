@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Annotated, Any, Mapping
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from services.errors import ServingError
 from services.modelkit import ModelPackage
@@ -67,11 +68,22 @@ async def _model(model: str, gateway: GatewayDep) -> ModelPackage:
 ModelDep = Annotated[ModelPackage, Depends(_model)]
 
 
-async def require_admin_token(gateway: GatewayDep, authorization: Annotated[str | None, Header()] = None) -> None:
+# Documented as an HTTP bearer security scheme (Swagger's "Authorize"); checked by require_admin_token,
+# never by FastAPI itself (auto_error=False: our 401 body, not FastAPI's 403).
+admin_bearer = HTTPBearer(auto_error=False, scheme_name="AdminToken",
+                          description="RTS_ADMIN_TOKEN (`make up` makes one and prints it)")
+
+
+async def require_admin_token(gateway: GatewayDep,
+                              credentials: Annotated[HTTPAuthorizationCredentials | None, Security(admin_bearer)]) -> None:
+    """Every /admin route: 503 while no token is set, 401 for a missing or wrong one.
+
+    The token is compared in constant time, as bytes (hmac.compare_digest), and is never logged nor echoed.
+    """
     token = gateway.settings.admin.token
     expected = token.get_secret_value() if token else ""
     if not expected:
         raise ServingError("the admin API is disabled: set RTS_ADMIN_TOKEN", status=503, code="admin_disabled")
-    scheme, _, given = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), expected.encode()):
+    given = credentials.credentials if credentials is not None else ""
+    if not hmac.compare_digest(given.encode(), expected.encode()):
         raise ServingError("missing or wrong bearer token", status=401, code="unauthorized")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,7 @@ from services.errors import InvalidInput
 from services.modelkit import ModelPackage, TensorSpec
 
 HEADER_LENGTH = "inference-header-content-length"
+MAX_DIM = 2**31 - 1  # one dimension of a tensor's shape
 NUMERIC = {
     "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
     "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
@@ -72,6 +74,8 @@ def parse_request(body: bytes, header_length: str | None, package: ModelPackage,
         header = json.loads(header_bytes)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidInput(f"the inference request header is not valid JSON: {exc}", code="bad_json") from None
+    except RecursionError:  # [[[[...]]]] nested deeper than the parser goes
+        raise InvalidInput("the inference request header nests too deep", code="bad_json") from None
     if not isinstance(header, dict):
         raise InvalidInput("the inference request must be a JSON object", code="bad_json")
     inputs = header.get("inputs")
@@ -90,7 +94,7 @@ def parse_request(body: bytes, header_length: str | None, package: ModelPackage,
         raise InvalidInput(f"the body has {len(binary) - offset} binary bytes no input accounts for",
                            code="bad_binary")
     rows = _check_inputs(tensors, package, max_items)
-    params = header.get("parameters") or {}
+    params = _parameters(header, "the request")
     all_binary = bool(params.get("binary_data_output", False))
     names = [t.name for t in package.outputs]
     requested = header.get("outputs")
@@ -102,7 +106,7 @@ def parse_request(body: bytes, header_length: str | None, package: ModelPackage,
             name = out.get("name") if isinstance(out, dict) else None
             if name not in names:
                 raise InvalidInput(f"unknown output {name!r}; outputs are {names}", code="unknown_output")
-            outputs[name] = bool((out.get("parameters") or {}).get("binary_data", all_binary))
+            outputs[name] = bool(_parameters(out, f"output {name!r}").get("binary_data", all_binary))
     else:
         outputs = {name: all_binary for name in names}
     request_id = header.get("id")
@@ -116,12 +120,13 @@ def _tensor_values(tensor: dict, binary: memoryview, offset: int) -> tuple[Any, 
         raise InvalidInput("input tensor has no 'name'", code="bad_tensor")
     if datatype not in NUMERIC and datatype != "BYTES":
         raise InvalidInput(f"input {name!r}: unknown datatype {datatype!r}", code="wrong_datatype")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape) or not shape:
+    if not isinstance(shape, list) or not shape or not all(
+            isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_DIM for d in shape):
         raise InvalidInput(f"input {name!r}: shape must be a list of non-negative integers", code="wrong_shape")
-    count = int(np.prod(shape))
-    size = (tensor.get("parameters") or {}).get("binary_data_size")
+    count = math.prod(shape)  # exact: numpy's product wraps around past 2**63
+    size = _parameters(tensor, f"input {name!r}").get("binary_data_size")
     if size is not None:
-        if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(binary):
             raise InvalidInput(f"input {name!r}: binary_data_size {size} runs past the end of the body",
                                code="bad_binary")
         raw = bytes(binary[offset : offset + size])
@@ -229,16 +234,29 @@ def encode_response(package: ModelPackage, version: str, request: OipRequest,
     }
 
 
+def _parameters(obj: dict, where: str) -> dict:
+    params = obj.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise InvalidInput(f"'parameters' of {where} must be an object", code="bad_parameters")
+    return params
+
+
 def _flatten(data: Any) -> list:
+    """The values of nested lists, row-major; iterative, so no nesting depth can exhaust the stack."""
     if not isinstance(data, list):
         raise InvalidInput("tensor 'data' must be a list", code="bad_tensor")
     out: list = []
-
-    def walk(node: Any) -> None:
-        for v in node:
-            walk(v) if isinstance(v, list) else out.append(v)
-
-    walk(data)
+    stack = [iter(data)]
+    while stack:
+        for v in stack[-1]:
+            if isinstance(v, list):
+                stack.append(iter(v))
+                break
+            out.append(v)
+        else:
+            stack.pop()
     return out
 
 

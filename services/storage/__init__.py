@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from services.storage.base import ObjectInfo, ObjectNotFound, ObjectStore, open_store, register_store
+from services.storage.base import (InvalidKey, ObjectInfo, ObjectNotFound, ObjectStore, check_key, open_store,
+                                   register_store)
 
 if TYPE_CHECKING:
     from services.settings import Settings
 
-__all__ = ["ObjectInfo", "ObjectNotFound", "ObjectStore", "data_store", "open_store", "register_store",
-           "repository_store"]
+__all__ = ["InvalidKey", "ObjectInfo", "ObjectNotFound", "ObjectStore", "check_key", "data_store", "open_store",
+           "register_store", "repository_store"]
 
 
 def data_store(settings: "Settings") -> ObjectStore:

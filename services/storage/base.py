@@ -8,7 +8,10 @@ Usage::
     for obj in store.list("datasets/churn/incoming/"):
         print(obj.key, obj.size, obj.etag)
 
-Keys are relative to the store's root (bucket + prefix), use "/" and never start with "/".
+Keys are relative to the store's root (bucket + prefix), use "/" and never start with "/"; no
+segment is empty, "." or "..", and no key holds a control character (``check_key``: every backend
+refuses such a key with ``InvalidKey``, a ValueError, before it touches a file or a bucket). A key
+never leaves the store, whatever part of it came from a request.
 Backends register themselves with ``@register_store("scheme")``; ``open_store`` imports the
 backend module on first use, so a local-only install never imports boto3 or google-cloud.
 """
@@ -16,6 +19,7 @@ backend module on first use, so a local-only install never imports boto3 or goog
 from __future__ import annotations
 
 import importlib
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -35,6 +39,29 @@ class ObjectInfo:
 
 class ObjectNotFound(KeyError):
     pass
+
+
+class InvalidKey(ValueError):
+    """A key that could name something outside the store, or that no backend stores as written."""
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+MAX_KEY = 1024  # S3's and GCS's limit (bytes of UTF-8)
+
+
+def check_key(key: str, *, prefix: bool = False) -> str:
+    """`key` if it stays inside the store, else InvalidKey. A `prefix` (of list) may end with "/" or be empty."""
+    if not isinstance(key, str):
+        raise InvalidKey(f"object keys are strings, not {type(key).__name__}")
+    if prefix and key == "":
+        return key
+    segments = key.split("/")
+    if prefix and key.endswith("/"):
+        segments = segments[:-1]
+    if (not key or key.startswith("/") or len(key.encode("utf-8", "surrogatepass")) > MAX_KEY
+            or any(s in ("", ".", "..") for s in segments) or _CONTROL.search(key)):
+        raise InvalidKey(f"object keys are relative, stay inside the store and hold no control characters: {key!r}")
+    return key
 
 
 class ObjectStore(ABC):

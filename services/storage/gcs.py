@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 from google.api_core.exceptions import NotFound
 from google.cloud import storage
 
-from services.storage.base import ObjectInfo, ObjectNotFound, ObjectStore, register_store
+from services.storage.base import ObjectInfo, ObjectNotFound, ObjectStore, check_key, register_store
 
 
 @register_store("gs")
@@ -39,9 +39,8 @@ class GcsStore(ObjectStore):
         self.client = client or storage.Client(project=project)
         self.bucket = self.client.bucket(parsed.netloc)
 
-    def _full(self, key: str) -> str:
-        if key.startswith("/"):
-            raise ValueError(f"object keys are relative to the store and never start with '/': {key!r}")
+    def _full(self, key: str, *, prefix: bool = False) -> str:
+        check_key(key, prefix=prefix)
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _info(self, blob: Any) -> ObjectInfo:
@@ -68,7 +67,7 @@ class GcsStore(ObjectStore):
         return self._info(blob) if blob is not None else None
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        full_prefix = self._full(prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
+        full_prefix = self._full(prefix, prefix=True) if prefix else (f"{self.prefix}/" if self.prefix else "")
         # GCS lists in lexicographic (UTF-8 byte = code point) order, the order the port promises.
         for blob in self.client.list_blobs(self.bucket, prefix=full_prefix or None):
             if blob.name.endswith("/") and not blob.size:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import unquote, urlparse
 
-from services.storage.base import ObjectInfo, ObjectNotFound, ObjectStore, register_store
+from services.storage.base import InvalidKey, ObjectInfo, ObjectNotFound, ObjectStore, check_key, register_store
 
 
 @register_store("file")
@@ -24,11 +24,15 @@ class LocalStore(ObjectStore):
         super().__init__(uri)
         self.root = Path(unquote(urlparse(uri).path))
         self.root.mkdir(parents=True, exist_ok=True)
+        self._real_root = self.root.resolve()
 
     def _path(self, key: str) -> Path:
-        if key.startswith("/") or ".." in key.split("/"):
-            raise ValueError(f"object keys are relative and stay inside the store: {key!r}")
-        return self.root / key
+        path = self.root / check_key(key)
+        # and no symlink inside the store leads out of it
+        real = path.resolve()
+        if real != self._real_root and not real.is_relative_to(self._real_root):
+            raise InvalidKey(f"object key {key!r} leads outside the store (through a symbolic link)")
+        return path
 
     @staticmethod
     def _meta_path(path: Path) -> Path:
@@ -75,6 +79,7 @@ class LocalStore(ObjectStore):
                           updated=datetime.fromtimestamp(stat.st_mtime, tz=timezone.utc), metadata=metadata)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        check_key(prefix, prefix=True)
         keys = []
         for dirpath, dirnames, filenames in os.walk(self.root):
             for name in filenames:

@@ -31,7 +31,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from services.storage.base import ObjectInfo, ObjectNotFound, ObjectStore, register_store
+from services.storage.base import ObjectInfo, ObjectNotFound, ObjectStore, check_key, register_store
 
 _MISSING = {"404", "NoSuchKey", "NotFound"}
 
@@ -63,9 +63,8 @@ class S3Store(ObjectStore):
             client = boto3.client("s3", endpoint_url=self.endpoint_url, config=config, **client_options)
         self.client = client
 
-    def _full(self, key: str) -> str:
-        if key.startswith("/"):
-            raise ValueError(f"object keys are relative to the store and never start with '/': {key!r}")
+    def _full(self, key: str, *, prefix: bool = False) -> str:
+        check_key(key, prefix=prefix)
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _relative(self, full_key: str) -> str:
@@ -102,7 +101,7 @@ class S3Store(ObjectStore):
         # walks folders, so "a/1" comes before "a-b". Sorting here keeps the port's promise everywhere,
         # at the cost of holding one listing in memory (prefixes here hold datasets and model versions).
         paginator = self.client.get_paginator("list_objects_v2")
-        full_prefix = self._full(prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
+        full_prefix = self._full(prefix, prefix=True) if prefix else (f"{self.prefix}/" if self.prefix else "")
         found = []
         for page in paginator.paginate(Bucket=self.bucket, Prefix=full_prefix):
             for item in page.get("Contents", []):

@@ -139,7 +139,9 @@ class ObservabilityMiddleware:
     def _finish(scope, state: dict, span: trace.Span, method: str, status: int, seconds: float) -> None:
         route_obj = scope.get("route")
         route = getattr(route_obj, "path", None) or "unmatched"
-        model = state.get("model") or (scope.get("path_params") or {}).get("model") or ""
+        # The model a route resolved (a served one), never the raw path value: GET /v2/models/<random>
+        # must not make a new time series per name.
+        model = state.get("model") or ""
         version = state.get("model_version") or ""
         metrics.record_request(route, model, version, status)
         if state.get("model"):

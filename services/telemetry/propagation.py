@@ -20,13 +20,57 @@ Configuration: ``OTEL_PROPAGATORS`` (opentelemetry's own).
 
 from __future__ import annotations
 
-from typing import Mapping
+import re
+from typing import Mapping, Sequence
 
 from opentelemetry import propagate
 from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter, Setter
 
 TRACE_KEYS = ("traceparent", "tracestate")
+
+# W3C Trace Context: version-traceid-parentid-flags, lower-case hex. Version 00 is exactly these 55
+# characters; a later version may add fields after a dash (read, never passed on as they came).
+_TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_LATER_FIELDS = re.compile(rb"(-[0-9a-zA-Z._-]*)?")
+_TRACESTATE = re.compile(rb"[\t\x20-\x7e]*")  # printable ASCII and tabs: list members, commas, OWS
+MAX_TRACEPARENT = 256
+MAX_TRACESTATE = 512  # what W3C asks every vendor to pass on at least; longer is dropped whole
+
+
+def valid_traceparent(value: bytes) -> bool:
+    """A W3C ``traceparent`` (bytes, as in ASGI headers) that may be continued."""
+    if len(value) > MAX_TRACEPARENT:
+        return False
+    match = _TRACEPARENT.match(value)
+    if match is None:
+        return False
+    version, trace_id, span_id, _ = match.groups()
+    if version == b"ff" or trace_id == b"0" * 32 or span_id == b"0" * 16:
+        return False
+    rest = value[match.end():]
+    return not rest if version == b"00" else _LATER_FIELDS.fullmatch(rest) is not None
+
+
+def clean_trace_headers(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]] | None:
+    """ASGI request headers without a trace context that cannot be trusted; None when they are fine as they are.
+
+    A missing, repeated or malformed ``traceparent`` drops the whole context (its ``tracestate`` is
+    then meaningless, as W3C says); a ``tracestate`` that is not printable ASCII or is longer than
+    512 bytes in all is dropped alone. What is left is what OpenTelemetry reads: a caller's bytes are
+    never logged or passed on unchecked.
+    """
+    parents = [v for k, v in headers if k == b"traceparent"]
+    states = [v for k, v in headers if k == b"tracestate"]
+    if not parents and not states:
+        return None
+    keep_parent = len(parents) == 1 and valid_traceparent(parents[0])
+    keep_state = keep_parent and sum(len(v) + 1 for v in states) <= MAX_TRACESTATE + 1 and all(
+        _TRACESTATE.fullmatch(v) for v in states)
+    if keep_parent and (keep_state or not states):
+        return None
+    drop = {b"traceparent", b"tracestate"} if not keep_parent else {b"tracestate"}
+    return [(k, v) for k, v in headers if k not in drop]
 
 
 class SqsAttributesSetter(Setter[dict]):

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 
 import httpx
 import numpy as np
@@ -587,6 +588,16 @@ def test_metrics_is_prometheus_text(api):
     assert 'route="/v1/models/diabetes/predict"' in r.text
 
 
+def test_unknown_model_names_never_become_metric_labels(api):
+    """Each distinct name in a path would otherwise be a new time series: memory grows without bound."""
+    for name in ("zz-made-up-1", "zz-made-up-2"):
+        assert api.get(f"/v2/models/{name}").status_code == 404
+        assert api.post(f"/v1/models/{name}/predict", json={"instances": [{}]}).status_code == 404
+    text = api.get("/metrics").text
+    assert "zz-made-up" not in text
+    assert 'route="/v2/models/{model}"' in text  # the requests are counted, under the route template
+
+
 def test_openapi_documents_each_model_with_its_own_schema(api):
     r = api.get("/openapi.json")
     assert r.status_code == 200
@@ -753,3 +764,373 @@ def test_triton_errors_reach_the_client_with_their_status(settings, models, digi
     oip_error_of(down.post("/v2/models/diabetes/infer", json={"inputs": _diabetes_columns()}), 503,
                  "upstream_unavailable")
 
+
+
+# ---- hostile input ------------------------------------------------------------------------------
+# Path traversal, header injection, the admin token. Requests go through a raw ASGI call where httpx
+# would clean them up first (it resolves "..", refuses CR/LF in headers): the app sees what a server
+# would hand it. tests/unit/test_openapi_fuzz.py fuzzes every operation of the document; the
+# over-the-wire variants (oversized headers, slow bodies, the real HTTP server) are in
+# tests/integration/test_hostile_input.py.
+
+def raw_request(app, method: str, raw_path: bytes, headers: list[tuple[bytes, bytes]] = (),
+                body: bytes = b"") -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """One request as an HTTP server hands it to the app: ``path`` percent-decoded, ``raw_path`` as sent."""
+    from urllib.parse import unquote_to_bytes
+
+    path, _, query = raw_path.partition(b"?")
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
+             "path": unquote_to_bytes(path).decode("utf-8", "surrogateescape"), "raw_path": path,
+             "query_string": query, "root_path": "", "headers": [(b"host", b"test"), *headers],
+             "client": ("127.0.0.1", 5000), "server": ("test", 80)}
+    sent: list[dict] = []
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> dict:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    return start["status"], list(start.get("headers", [])), b"".join(m.get("body", b"") for m in sent
+                                                                     if m["type"] == "http.response.body")
+
+
+def header(headers: list[tuple[bytes, bytes]], name: bytes) -> list[bytes]:
+    return [v for k, v in headers if k.lower() == name]
+
+
+TRAVERSALS = [
+    ("POST", b"/v1/models/..%2F..%2Fetc/predict"),
+    ("POST", b"/v1/models/../predict"),
+    ("POST", b"/v1/models/%2e%2e/predict"),
+    ("POST", b"/v1/predict?model=..%2F..%2Fetc%2Fpasswd"),
+    ("GET", b"/v1/models/..%2Fdiabetes"),
+    ("GET", b"/drift?model=../../etc/passwd"),
+    ("GET", b"/v2/models/../x/versions/.."),
+    ("GET", b"/v2/models/digits/versions/.."),
+    ("GET", b"/v2/models/digits/versions/..%2F..%2F1"),
+    ("GET", b"/v2/models/digits/versions/%00/ready"),
+    ("POST", b"/v2/models/digits/versions/../infer"),
+    ("POST", b"/v2/models/digits/versions/..%2F1/infer"),
+    ("POST", b"/v2/models/digits/versions/1%00/infer"),
+    ("GET", b"/admin/runs/.."),
+    ("GET", b"/admin/runs/..%2F..%2Fetc%2Fpasswd"),
+    ("GET", b"/admin/runs/..%2Foutside"),
+    ("GET", b"/admin/runs/%00"),
+    ("GET", b"/admin/runs/a%00b"),
+    ("GET", b"/admin/runs/%2Fetc%2Fpasswd"),
+    ("GET", b"/admin/runs/.hidden"),
+    ("GET", b"/admin/models/..%2Fdigits/status"),
+    ("POST", b"/admin/models/../rollback"),
+    ("PUT", b"/admin/models/digits%2F..%2F..%2Fx/policy"),
+]
+
+
+@pytest.mark.parametrize("method, raw_path", TRAVERSALS, ids=[f"{m} {p.decode()}" for m, p in TRAVERSALS])
+def test_path_traversal_is_a_clean_4xx(api, var_dir, method, raw_path):
+    outside = var_dir / "bucket" / ".." / "outside.json"
+    outside.write_text('{"secret": "outside the store"}')
+    status, _, body = raw_request(api.app, method, raw_path, [(b"authorization", f"Bearer {TOKEN}".encode()),
+                                                               (b"content-type", b"application/json")],
+                                  b'{"instances": [], "inputs": [], "yaml": "strategy: direct"}')
+    assert 400 <= status < 500, (status, body)
+    error = json.loads(body)["error"]
+    assert error["code"] if isinstance(error, dict) else error
+    assert b"outside the store" not in body
+
+
+def test_storage_keys_never_leave_the_store(tmp_path):
+    from services.storage import InvalidKey, check_key, open_store
+
+    store = open_store(f"file://{tmp_path / 'store'}")
+    (tmp_path / "secret.json").write_text("secret")
+    for key in ("../secret.json", "runs/../../secret.json", "/etc/passwd", "runs//x.json", "runs/./x.json",
+                "runs/a\x00b.json", "runs/a\nb.json", "", "x/" + "a" * 1100):
+        with pytest.raises(InvalidKey):
+            store.get_bytes(key)
+        with pytest.raises(InvalidKey):
+            store.put_bytes(key, b"x")
+    with pytest.raises(InvalidKey):
+        list(store.list("../"))
+    # a symbolic link inside the store that leads out of it
+    (tmp_path / "store" / "runs").mkdir()
+    (tmp_path / "store" / "runs" / "link.json").symlink_to(tmp_path / "secret.json")
+    with pytest.raises(InvalidKey):
+        store.get_bytes("runs/link.json")
+    # what the platform writes is fine
+    assert check_key("runs/20250101-120000-ab12cd.json") and check_key("models/digits/versions/", prefix=True)
+    store.put_bytes("runs/a b:c=d.json", b"ok")
+    assert store.get_bytes("runs/a b:c=d.json") == b"ok"
+
+
+BAD_REQUEST_IDS = {
+    "crlf": b"abc\r\nSet-Cookie: injected=1",
+    "lf": b"abc\nX-Injected: 1",
+    "nul": b"abc\x00def",
+    "long": b"a" * 10_000,
+    "non-ascii": "r\u00e9quest".encode("latin-1"),
+    "utf-8": "\u8bf7\u6c42".encode(),
+    "space": b"two words",
+    "empty": b"",
+}
+
+
+@pytest.mark.parametrize("value", list(BAD_REQUEST_IDS.values()), ids=list(BAD_REQUEST_IDS))
+def test_a_bad_request_id_is_replaced_never_echoed(api, caplog, value):
+    caplog.set_level("DEBUG")
+    for method, path, body in (("POST", b"/v1/models/diabetes/predict", json.dumps({"instances": [patient(0)]})),
+                               ("POST", b"/v1/models/diabetes/predict", '{"instances": []}'),
+                               ("GET", b"/no/such/route", "")):
+        status, headers, raw = raw_request(api.app, method, path, [(b"x-request-id", value),
+                                                                  (b"content-type", b"application/json")],
+                                           body.encode())
+        assert status in (200, 400, 404), raw
+        (given,) = header(headers, b"x-request-id")  # exactly one, made here
+        assert re.fullmatch(rb"[0-9a-f]{32}", given), given
+        assert json.loads(raw)["request_id"] == given.decode()
+        assert all(b"\r" not in v and b"\n" not in v for _, v in headers)
+        assert not header(headers, b"set-cookie") and not header(headers, b"x-injected")
+    if value:
+        logged = "\n".join(r.getMessage() for r in caplog.records).encode("utf-8", "replace")
+        assert value[:40] not in logged
+
+
+def test_a_good_request_id_is_kept_and_two_are_replaced(api):
+    for value in (b"req-123", b"3f2c0d7e-1b2a-4c5d-8e9f-0a1b2c3d4e5f", b"Root=1-5e1b4151-5ac6c58f", b"a/b+c=="):
+        status, headers, raw = raw_request(api.app, "GET", b"/v1/models/diabetes", [(b"x-request-id", value)])
+        assert status == 200
+        assert header(headers, b"x-request-id") == []  # Serve's proxy echoes a valid id; the app adds none
+        r = api.post("/v1/models/diabetes/predict", json={"instances": []}, headers={"X-Request-ID": value.decode()})
+        assert r.json()["request_id"] == value.decode()
+    status, headers, raw = raw_request(api.app, "POST", b"/v1/models/diabetes/predict",
+                                       [(b"x-request-id", b"one"), (b"x-request-id", b"two"),
+                                        (b"content-type", b"application/json")], b'{"instances": []}')
+    assert json.loads(raw)["request_id"] not in ("one", "two")
+    assert header(headers, b"x-request-id") == [json.loads(raw)["request_id"].encode()]
+
+
+def test_feedback_request_ids_are_request_ids(api):
+    for request_id in ("abc\r\nINJECTED log line", "a" * 201, "two words", ""):
+        error_of(api.post("/v1/feedback", json={"request_id": request_id, "label": 3}), 422, "invalid_request")
+
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+GOOD_TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01".encode()
+BAD_TRACEPARENTS = {
+    "crlf": GOOD_TRACEPARENT + b"\r\nX-Injected: 1",
+    "cr-later-version": b"01-" + GOOD_TRACEPARENT[3:] + b"-\rX-Injected: 1",
+    "long": GOOD_TRACEPARENT + b"-" + b"a" * 10_000,
+    "non-ascii": GOOD_TRACEPARENT[:-2] + "\u00e9\u00e9".encode("latin-1"),
+    "upper-case": GOOD_TRACEPARENT.upper(),
+    "version-ff": b"ff" + GOOD_TRACEPARENT[2:],
+    "zero-trace-id": b"00-" + b"0" * 32 + b"-00f067aa0ba902b7-01",
+    "zero-span-id": f"00-{TRACE_ID}-{'0' * 16}-01".encode(),
+    "short": GOOD_TRACEPARENT[:-1],
+    "garbage": b"not a traceparent",
+}
+
+
+@pytest.mark.parametrize("value", list(BAD_TRACEPARENTS.values()), ids=list(BAD_TRACEPARENTS))
+def test_an_invalid_traceparent_starts_a_trace_of_its_own(api, caplog, value):
+    caplog.set_level("DEBUG")
+    status, headers, raw = raw_request(api.app, "GET", b"/v1/models/diabetes",
+                                       [(b"traceparent", value), (b"tracestate", b"vendor=\r\nX-Injected: 1")])
+    assert status == 200, raw
+    assert all(re.fullmatch(rb"[0-9a-f]{32}", v) and v != TRACE_ID.encode() for v in header(headers, b"x-trace-id"))
+    assert not header(headers, b"x-injected") and all(b"\r" not in v and b"\n" not in v for _, v in headers)
+    assert b"X-Injected" not in "\n".join(r.getMessage() for r in caplog.records).encode("utf-8", "replace")
+
+
+def test_a_valid_traceparent_is_continued(api):
+    status, headers, _ = raw_request(api.app, "GET", b"/v1/models/diabetes", [(b"traceparent", GOOD_TRACEPARENT)])
+    assert status == 200 and header(headers, b"x-trace-id") == [TRACE_ID.encode()]
+
+
+def test_trace_headers_that_cannot_be_trusted_are_dropped():
+    from services.telemetry.propagation import clean_trace_headers
+
+    other = (b"accept", b"*/*")
+    assert clean_trace_headers([other]) is None
+    assert clean_trace_headers([other, (b"traceparent", GOOD_TRACEPARENT), (b"tracestate", b"a=1,b=2")]) is None
+    for bad in BAD_TRACEPARENTS.values():
+        assert clean_trace_headers([other, (b"traceparent", bad), (b"tracestate", b"a=1")]) == [other]
+    twice = [(b"traceparent", GOOD_TRACEPARENT), (b"traceparent", GOOD_TRACEPARENT)]
+    assert clean_trace_headers([other, *twice]) == [other]
+    for state in (b"a=" + b"x" * 600, b"a=\xe9", b"a=1\r\nb=2"):
+        assert clean_trace_headers([other, (b"traceparent", GOOD_TRACEPARENT), (b"tracestate", state)]) == [
+            other, (b"traceparent", GOOD_TRACEPARENT)]
+    assert clean_trace_headers([other, (b"tracestate", b"a=1")]) == [other]  # no traceparent: nothing to go with
+
+
+def admin_routes(app) -> list:
+    """Every /admin APIRoute of the app, however its routers are nested."""
+    from fastapi.routing import APIRoute
+
+    found = []
+
+    def walk(routes) -> None:
+        for route in routes:
+            if isinstance(route, APIRoute):
+                if route.path.startswith("/admin"):
+                    found.append(route)
+                continue
+            inner = getattr(route, "original_router", None) or getattr(route, "routes", None)
+            if inner is not None:
+                walk(getattr(inner, "routes", inner))
+
+    walk(app.router.routes)
+    return found
+
+
+def test_every_admin_route_needs_the_bearer_token(api, monkeypatch):
+    from services.serving.deps import require_admin_token
+
+    routes = admin_routes(api.app)
+    operations = sorted({(m, r.path) for r in routes for m in r.methods})
+    documented = {(m.upper(), p) for p, item in api.app.openapi()["paths"].items() if p.startswith("/admin")
+                  for m in item}
+    assert len(operations) >= 10 and set(operations) == documented, (operations, documented)
+    for route in routes:  # the check is a dependency of every route, not of the requests that happen to be sent
+        assert require_admin_token in [d.call for d in route.dependant.dependencies], route.path
+    submitted = []
+    monkeypatch.setattr("services.serving.routes.admin.submit_run", lambda *a: submitted.append(a) or "run-x")
+    for method, path in operations:
+        url = path.replace("{model}", "digits").replace("{run_id}", "20250101-120000-ab12cd")
+        for headers in ({}, {"Authorization": "Bearer wrong-token"}, {"Authorization": f"Bearer {TOKEN}x"},
+                        {"Authorization": f"Bearer {TOKEN[:-1]}"}, {"Authorization": f"Basic {TOKEN}"},
+                        {"Authorization": TOKEN}, {"Authorization": "Bearer "}, {"X-Admin-Token": TOKEN}):
+            r = api.request(method, url, headers=headers, json={"version": 1, "yaml": "strategy: direct"})
+            error_of(r, 401, "unauthorized")
+            assert r.headers["www-authenticate"] == "Bearer"
+            assert TOKEN not in r.text and all(TOKEN not in v for v in r.headers.values())
+    assert not submitted  # nothing ran without the token
+
+
+def test_the_admin_token_is_compared_in_constant_time_and_never_logged(api, monkeypatch, caplog):
+    import hmac
+
+    compared = []
+    real = hmac.compare_digest
+
+    def spy(a, b):
+        compared.append((type(a), type(b)))
+        return real(a, b)
+
+    monkeypatch.setattr("services.serving.deps.hmac.compare_digest", spy)
+    caplog.set_level("DEBUG")
+    assert api.get("/admin/models", headers=AUTH).status_code == 200
+    error_of(api.get("/admin/models", headers={"Authorization": "Bearer " + "x" * len(TOKEN)}), 401, "unauthorized")
+    error_of(api.get("/admin/runs/no-such-run", headers=AUTH), 404, "unknown_run")
+    assert compared == [(bytes, bytes)] * 3
+    logged = "\n".join(f"{r.getMessage()} {r.args!r}" for r in caplog.records)
+    assert TOKEN not in logged
+
+
+def test_405_lists_every_method_of_the_path(api):
+    for method, url, allow in (("DELETE", "/admin/models/digits/policy", "GET, PUT"),
+                               ("GET", "/v1/models/digits/predict", "POST"),
+                               ("PUT", "/v2/models/digits/versions/1/infer", "POST"), ("POST", "/healthz", "GET")):
+        r = api.request(method, url, headers=AUTH)
+        assert r.status_code == 405 and r.headers["allow"] == allow, (url, r.headers)
+
+
+@pytest.mark.parametrize("body", [{"version": True}, {"version": "1"}, {"version": 1.5}, {"version": 0}],
+                         ids=["bool", "string", "fraction", "zero"])
+def test_admin_versions_are_json_integers(api, body):
+    error_of(api.post("/admin/models/digits/rollback", json=body, headers=AUTH), 422, "invalid_request")
+    error_of(api.post("/admin/models/digits/faults", json=body, headers=AUTH), 422, "invalid_request")
+
+
+def test_feedback_values_are_json_numbers(api):
+    error_of(api.post("/v1/feedback", json={"request_id": "r1", "value": True}), 422, "invalid_request")
+    error_of(api.post("/v1/feedback", json={"request_id": "r1", "values": [1.0, "2"]}), 422, "invalid_request")
+
+
+@pytest.mark.parametrize("body", [
+    b'{"inputs": [{"name": "age", "datatype": "FP32", "shape": [1], "data": [0], "parameters": "x"}]}',
+    b'{"inputs": [{"name": "age", "datatype": "FP32", "shape": [1], "data": [0]}], "parameters": [1]}',
+    b'{"inputs": [{"name": "age", "datatype": "FP32", "shape": [1], "data": [0]}], "outputs": [{"name": "value", '
+    b'"parameters": true}]}',
+    b'{"inputs": [{"name": "age", "datatype": "FP32", "shape": [4294967296, 4294967296], "data": []}]}',
+    b'{"inputs": [{"name": "age", "datatype": "FP32", "shape": [true], "data": [0]}]}',
+    b'{"inputs": [{"name": "age", "datatype": "FP32", "shape": [1], "data": ' + b"[" * 900 + b"]" * 900 + b"}]}",
+    b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+], ids=["tensor-parameters", "request-parameters", "output-parameters", "huge-shape", "bool-shape", "deep-data",
+        "deep-json"])
+def test_oip_malformed_requests_are_400_not_500(api, body):
+    r = api.post("/v2/models/diabetes/infer", content=body)
+    assert 400 <= r.status_code < 500, r.text
+    assert isinstance(r.json()["error"], str)
+
+
+def test_a_body_over_the_limit_names_its_request_id(var_dir, models, triton, first_runs):
+    small = Api(make_app(Settings(var_dir=var_dir, limits={"max_body_bytes": 100}), models, triton))
+    r = small.post("/v1/models/diabetes/predict", content=b"x" * 200, headers={"X-Request-ID": "req-big"})
+    assert error_of(r, 413, "body_too_large") and r.json()["request_id"] == "req-big"
+
+
+def test_a_body_that_stalls_or_trickles_is_408(settings, models, triton, first_runs, monkeypatch):
+    monkeypatch.setattr("services.serving.middleware.BODY_TIMEOUT_S", 0.3)
+    monkeypatch.setattr("services.serving.middleware.BODY_MIN_RATE", 1000)
+    app = make_app(settings, models, triton)
+    body = json.dumps({"instances": [patient(0)]}).encode()
+
+    def send_slowly(path: str, chunks: list[bytes], gap_s: float, headers=()) -> tuple[int, dict, float]:
+        async def run():
+            sent, queue = [], list(chunks)
+
+            async def receive():
+                if not queue:
+                    await asyncio.sleep(3600)  # stalled: no more bytes, no disconnect
+                await asyncio.sleep(gap_s)
+                chunk = queue.pop(0)
+                return {"type": "http.request", "body": chunk, "more_body": True}
+
+            async def send(message):
+                sent.append(message)
+
+            scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                     "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+                     "root_path": "", "client": ("127.0.0.1", 5000), "server": ("test", 80),
+                     "headers": [(b"host", b"test"), (b"content-type", b"application/json"), *headers]}
+            started = asyncio.get_running_loop().time()
+            await asyncio.wait_for(app(scope, receive, send), 10)
+            took = asyncio.get_running_loop().time() - started
+            start = next(m for m in sent if m["type"] == "http.response.start")
+            return start["status"], json.loads(b"".join(m.get("body", b"") for m in sent[1:])), took
+
+        return asyncio.run(run())
+
+    # stalled after half the body, trickling a byte at a time, on /v1, /v2 and a pydantic body (/admin)
+    for path, chunks, gap in (("/v1/models/diabetes/predict", [body[:20]], 0.0),
+                              ("/v1/models/diabetes/predict", [bytes([b]) for b in body], 0.05),
+                              ("/v2/models/diabetes/infer", [b'{"inputs": ['], 0.0),
+                              ("/admin/models/digits/faults", [b'{"version": '], 0.0)):
+        status, answer, took = send_slowly(path, chunks, gap, [(b"authorization", f"Bearer {TOKEN}".encode())])
+        assert status == 408 and took < 2, (path, status, answer, took)
+        assert (answer["code"] if path.startswith("/v2") else answer["error"]["code"]) == "body_timeout"
+    # a streamed body over the limit on a pydantic body is a 413, not FastAPI's "error parsing the body"
+    small = Api(make_app(Settings(var_dir=settings.var_dir, admin={"token": TOKEN},
+                                  limits={"max_body_bytes": 100}), models, triton))
+
+    async def chunks():
+        for _ in range(10):
+            yield b'{"yaml": "' + b"x" * 50
+
+    r = small.request("PUT", "/admin/models/digits/policy", content=chunks(), headers=AUTH)
+    error_of(r, 413, "body_too_large")
+
+
+@pytest.mark.parametrize("headers", [[(b"x-big", b"a" * 20_000)], [(b"x-h%d" % i, b"v") for i in range(150)]],
+                         ids=["one-20KB-header", "150-headers"])
+def test_oversized_headers_are_431_whatever_the_server_in_front_let_through(api, headers):
+    for path in (b"/v1/models", b"/v2/models/digits"):
+        status, out, raw = raw_request(api.app, "GET", path, headers)
+        assert status == 431, raw
+        body = json.loads(raw)
+        code = body["code"] if path.startswith(b"/v2") else body["error"]["code"]
+        assert code == "headers_too_large" and header(out, b"x-request-id") == [body["request_id"].encode()]
+    assert raw_request(api.app, "GET", b"/v1/models", [(b"x-request-id", b"a" * 200), (b"x-ok", b"b" * 8000)])[0] == 200

@@ -20,14 +20,23 @@ from services.errors import InvalidInput, ServingError
 from services.modelkit.discovery import model_named
 from services.serving.controller import call
 from services.serving.deps import GatewayDep
+from services.serving.middleware import REQUEST_ID_PATTERN
+from services.serving.responses import errors
 
 router = APIRouter(tags=["feedback"])
 
 
-class FeedbackBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+# "exactly one of label, labels, value, values" (the validator below), for the OpenAPI document too
+_ONE_TRUTH = {"oneOf": [{"required": [k], "properties": {k: {"not": {"type": "null"}}}}
+                        for k in ("label", "labels", "value", "values")]}
 
-    request_id: str = Field(min_length=1, max_length=200, description="the X-Request-ID of the answered request")
+
+class FeedbackBody(BaseModel):
+    # strict: a value is a JSON number (true is not 1.0), a request id a string
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_ONE_TRUTH)
+
+    request_id: str = Field(min_length=1, max_length=200, pattern=REQUEST_ID_PATTERN,
+                            description="the X-Request-ID of the answered request (as the answer's request_id says)")
     model: str | None = Field(None, description="the model that answered (checked when given)")
     label: Any = Field(None, description="the true class of a one-row request")
     labels: list[Any] | None = Field(None, description="the true classes of a batch, in order")
@@ -48,7 +57,9 @@ class FeedbackBody(BaseModel):
                 return getattr(self, key)
 
 
-@router.post("/v1/feedback", summary="Join the truth to an answered request (live accuracy per version)")
+@router.post("/v1/feedback", summary="Join the truth to an answered request (live accuracy per version)",
+             responses={202: {"description": "Pending: the prediction has not reached the rollout controller yet"},
+                        **errors(400, 404, 408, 413, 422, 503)})
 async def feedback(body: FeedbackBody, gateway: GatewayDep) -> JSONResponse:
     if body.model is not None:
         model_named(gateway.models, body.model)

@@ -10,12 +10,15 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from services.serving.deps import GatewayDep
+from services.serving.responses import RETRY_AFTER, HealthBody, errors
 from services.telemetry.supervision import read_status, status_path
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", summary="200 once Triton and every deployment are ready, 503 with a reason otherwise")
+@router.get("/healthz", summary="200 once Triton and every deployment are ready, 503 with a reason otherwise",
+            responses={200: {"model": HealthBody}, **errors(),
+                       503: {"model": HealthBody, "description": "Not ready: the reason says why", "headers": RETRY_AFTER}})
 async def healthz(gateway: GatewayDep) -> JSONResponse:
     ok, reason = await gateway.pipeline.health()
     body = {"status": "ok", "models": sorted(gateway.models)} if ok else {"status": "unavailable", "reason": reason}

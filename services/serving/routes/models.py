@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from services.modelkit import ModelPackage
 from services.modelkit.discovery import model_named
 from services.serving.deps import Gateway, GatewayDep, ModelDep
+from services.serving.responses import errors
 
 router = APIRouter(tags=["models"])
 
@@ -22,18 +23,21 @@ def _describe(gateway: Gateway, package: ModelPackage) -> dict:
             "predict": f"/v1/models/{package.name}/predict", "oip": f"/v2/models/{package.name}/infer"}
 
 
-@router.get("/v1/models", summary="Every served model: versions, the serving version, its input schema")
+@router.get("/v1/models", summary="Every served model: versions, the serving version, its input schema",
+            responses=errors())
 async def list_models(gateway: GatewayDep) -> dict:
     models = [await run_in_threadpool(_describe, gateway, p) for p in gateway.models.values()]
     return {"default": gateway.default_model, "models": models}
 
 
-@router.get("/v1/models/{model}", summary="One served model: versions, the serving version, its input schema")
+@router.get("/v1/models/{model}", summary="One served model: versions, the serving version, its input schema",
+            responses=errors(404))
 async def describe_model(package: ModelDep, gateway: GatewayDep) -> dict:
     return await run_in_threadpool(_describe, gateway, package)
 
 
-@router.get("/drift", summary="Input and prediction drift of a model vs its serving version's training data")
+@router.get("/drift", summary="Input and prediction drift of a model vs its serving version's training data",
+            responses=errors(404))
 async def drift(gateway: GatewayDep, model: Annotated[str | None, Query()] = None) -> dict:
     name = model_named(gateway.models, model or gateway.default_model).name
     watch = gateway.pipeline.drift

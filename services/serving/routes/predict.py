@@ -9,17 +9,18 @@ parts named ``file`` for models that take files. Query options are the model's `
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any, Callable
+from typing import Any, Callable, Union
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from starlette.datastructures import UploadFile
 
-from services.errors import InvalidInput, PayloadTooLarge, UnknownModel
+from services.errors import InvalidInput, PayloadTooLarge, ServingError, UnknownModel
 from services.modelkit import ModelPackage, invalid_instance
 from services.modelkit.discovery import model_named
 from services.serving.deps import Gateway, GatewayDep
+from services.serving.responses import errors
 from services.settings import LimitsSettings
 
 
@@ -49,7 +50,7 @@ async def read_inputs(request: Request, package: ModelPackage, limits: LimitsSet
                                "application/json {\"instances\": [...]}", status=415, code="unsupported_media_type")
         try:
             form = await request.form(max_files=limits.max_batch_items, max_fields=16)
-        except PayloadTooLarge:
+        except ServingError:  # the body's own limits (413 too large, 408 too slow) say so themselves
             raise
         except Exception as exc:  # Starlette's parser errors (an HTTPException from request.form)
             if "Too many files" in str(getattr(exc, "detail", exc)):
@@ -132,15 +133,49 @@ async def predict(request: Request, gateway: Gateway, package: ModelPackage, ign
                          "request_id": request_id})
 
 
-def _openapi(package: ModelPackage) -> dict:
-    content: dict[str, Any] = {"application/json": {"schema": request_body(type(package)).model_json_schema()}}
+def _inline_refs(schema: dict) -> dict:
+    """The schema with its ``#/$defs/...`` references replaced by the definitions (kept in ``$defs`` too).
+
+    Inside an OpenAPI document such a reference points at the document's root, where there is no
+    ``$defs``: tools that follow it (client generators, Schemathesis) found no instance schema.
+    """
+    defs = schema.get("$defs", {})
+
+    def walk(node: Any, seen: tuple[str, ...] = ()) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/") and ref[8:] in defs and ref not in seen:
+                return walk({**defs[ref[8:]], **{k: v for k, v in node.items() if k != "$ref"}}, (*seen, ref))
+            return {k: (v if k == "$defs" else walk(v, seen)) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v, seen) for v in node]
+        return node
+
+    return walk(schema)
+
+
+def _openapi(package: ModelPackage, model_param: dict[str, ModelPackage] | None = None) -> dict:
+    """The request side, as the route reads it by hand: the model's JSON body (the batch limit and "not
+    empty" said in the document only: they are checked in read_inputs, with their own codes), file parts
+    for models that take files, the model's query options; ``?model=`` on /v1/predict."""
+    limit = package.limits.max_batch_items
+    body = _inline_refs(request_body(type(package)).model_json_schema())
+    body["properties"]["instances"].update(minItems=1, maxItems=limit)
+    content: dict[str, Any] = {"application/json": {"schema": body}}
     if package.accepts_files:
-        content["multipart/form-data"] = {"schema": {"type": "object", "properties": {
-            "file": {"type": "array", "items": {"type": "string", "format": "binary"}}}}}
+        content["multipart/form-data"] = {"schema": {"type": "object", "required": ["file"], "properties": {
+            "file": {"type": "array", "minItems": 1, "maxItems": limit,
+                     "items": {"type": "string", "format": "binary"},
+                     "description": "one image file per part (PNG, JPEG, BMP)"}}}}
     options = package.Options.model_json_schema().get("properties", {})
-    return {"requestBody": {"required": True, "content": content},
-            "parameters": [{"name": name, "in": "query", "required": False, "schema": schema,
-                            "description": schema.get("description", "")} for name, schema in options.items()]}
+    parameters = [{"name": name, "in": "query", "required": False, "schema": schema,
+                   "description": schema.get("description", "")} for name, schema in options.items()]
+    if model_param is not None:
+        parameters.insert(0, {"name": "model", "in": "query", "required": False,
+                              "schema": {"type": "string", "enum": list(model_param), "default": package.name},
+                              "description": "the model to ask (the body and options are then that model's: see "
+                                             "/v1/models/{model}/predict)"})
+    return {"requestBody": {"required": True, "content": content}, "parameters": parameters}
 
 
 def _endpoint(package: ModelPackage) -> Callable:
@@ -150,12 +185,21 @@ def _endpoint(package: ModelPackage) -> Callable:
     return endpoint
 
 
+# What a predict route can answer besides 200: bad input (400, 413, 415, 422), a body too slow (408), a
+# version Triton does not serve (404), Triton's own failures (502) and absence (503).
+PREDICT_ERRORS = errors(400, 404, 408, 413, 415, 422, 502, 503)
+
+
 def predict_router(models: dict[str, ModelPackage]) -> APIRouter:
     router = APIRouter(tags=["predict"])
     default = next(iter(models))
+    answers = tuple(response_body(type(p)) for p in models.values())
+    any_answer = Union[answers] if len(answers) > 1 else answers[0]  # noqa: UP007 - a runtime union of models
 
     @router.post("/v1/predict", summary=f"Predict with the model named by ?model= (default {default!r})",
-                 openapi_extra=_openapi(models[default]))
+                 openapi_extra=_openapi(models[default], model_param=models),
+                 responses={200: {"model": any_answer, "description": "The predictions of the model asked for"},
+                            **PREDICT_ERRORS})
     async def predict_default(request: Request, gateway: GatewayDep) -> JSONResponse:
         package = model_named(gateway.models, request.query_params.get("model", gateway.default_model))
         return await predict(request, gateway, package, ignore=("model",))
@@ -163,6 +207,7 @@ def predict_router(models: dict[str, ModelPackage]) -> APIRouter:
     for package in models.values():
         router.add_api_route(f"/v1/models/{package.name}/predict", _endpoint(package), methods=["POST"],
                              response_model=response_body(type(package)), openapi_extra=_openapi(package),
+                             responses=PREDICT_ERRORS,
                              summary=f"Predict with {package.name} ({package.task.kind})",
                              name=f"predict_{package.name}")
 
