@@ -130,8 +130,7 @@ class Supervisor:
                     entry.crashes_in_a_row = 0
                 return
             code = entry.process.exit_code if entry.process is not None else None
-            wait = min(self.settings.restart_backoff_s * 2 ** entry.crashes_in_a_row,
-                       self.settings.restart_backoff_max_s)
+            wait = self._backoff(entry)
             with self._lock:
                 entry.state, entry.last_exit_code, entry.last_exit_at = "restarting", code, now
                 entry.next_try_at = now + wait
@@ -151,8 +150,7 @@ class Supervisor:
         try:
             fresh.start()
         except Exception as exc:
-            wait = min(self.settings.restart_backoff_s * 2 ** entry.crashes_in_a_row,
-                       self.settings.restart_backoff_max_s)
+            wait = self._backoff(entry)
             with self._lock:
                 entry.next_try_at = time.time() + wait
                 entry.crashes_in_a_row += 1
@@ -168,6 +166,10 @@ class Supervisor:
             self.on_start(entry.name, fresh)
         self.say(f"{entry.name} restarted (pid {fresh.pid}, {time.time() - entry.last_exit_at:.1f}s after it exited)")
         self._write_status()
+
+    def _backoff(self, entry: Watched) -> float:
+        """1 s, 2 s, 4 s ... per crash in a row, capped."""
+        return min(self.settings.restart_backoff_s * 2 ** entry.crashes_in_a_row, self.settings.restart_backoff_max_s)
 
     def _write_status(self) -> None:
         if self.status_file is None or self._stop.is_set():

@@ -20,10 +20,9 @@ from urllib.parse import urlsplit
 
 import pytest
 import schemathesis
-from schemathesis.engine import events
 
 from services.serving.middleware import BODY_TIMEOUT_S
-from tests.unit.test_openapi_fuzz import OPERATIONS, SEED
+from tests.unit.test_openapi_fuzz import execute, fuzz_config, report
 
 pytestmark = pytest.mark.integration
 
@@ -116,38 +115,12 @@ def test_schemathesis_over_the_live_gateway(stack, gateway):
     """The same checks as the in-process fuzzing, with a small budget, through the real HTTP servers. Admin
     routes that change what serves (retrain, promote, rollback, policy, faults) are left out: later tests
     rely on the versions and policies as they are (their 401s are checked below)."""
-    config = schemathesis.Config.from_dict({
-        "seed": SEED,
-        "workers": 1,
-        "max-time": FUZZ_BUDGET_S,
-        "request-timeout": 10,
-        "continue-on-failure": True,
-        "generation": {"max-examples": FUZZ_EXAMPLES, "deterministic": True, "database": "none"},
-        "phases": {"stateful": {"enabled": False}},
-        "checks": {"negative_data_rejection": {"expected-statuses": [
-            "400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429"]}},
-        "auth": {"openapi": {"AdminToken": {"bearer": token(stack)}}},
-        "operations": OPERATIONS,
-    })
+    config = fuzz_config(token(stack), FUZZ_EXAMPLES, **{"max-time": FUZZ_BUDGET_S, "request-timeout": 10})
     schema = schemathesis.openapi.from_url(stack.gateway_url + "/openapi.json", config=config).exclude(
         method=["POST", "PUT"], path_regex="^/admin/")
-    failures: dict[str, list[str]] = {}
-    requests = 0
-    for event in schemathesis.engine.from_schema(schema).execute():
-        if isinstance(event, events.ScenarioFinished):
-            requests += len(event.recorder.interactions)
-            for case_id, checks in event.recorder.checks.items():
-                for check in checks:
-                    if check.failure_info is not None:
-                        failures.setdefault(event.recorder.label, []).append(
-                            f"{check.name}: {check.failure_info.failure.title}\n    {check.failure_info.code_sample}")
-        elif isinstance(event, events.NonFatalError):
-            failures.setdefault(event.label, []).append(f"error: {event.info.title}: {event.value!r}")
-        elif isinstance(event, events.FatalError):
-            failures.setdefault("engine", []).append(repr(event.exception))
-    assert requests > 100, requests
-    assert not failures, "\n".join(f"{label}:\n  " + "\n  ".join(dict.fromkeys(found))[:3000]
-                                   for label, found in failures.items())
+    failures, requests = execute(schema)
+    assert sum(requests.values()) > 100, requests
+    assert not failures, report(failures)
     assert gateway.get("/healthz").status_code == 200
 
 

@@ -326,8 +326,9 @@ def test_a_request_without_a_model_asks_for_nothing_with_two_models(setup):
 
 # ---- a listener killed in the middle of a run ---------------------------------------------------------
 
-def test_a_listener_killed_during_a_run_is_followed_by_the_next_one_not_run_twice(setup):
-    make, source, records, runs, clock = setup
+def killed_mid_run(setup) -> CloudEvent:
+    """One event; a listener submits its run and is killed while it waits for it."""
+    make, source, _, runs, clock = setup
     event = created(DIGITS_FILE)
     source.push(event)
     first = make()
@@ -335,6 +336,12 @@ def test_a_listener_killed_during_a_run_is_followed_by_the_next_one_not_run_twic
     poll_at(first, clock, 0.0)
     with pytest.raises(Killed):
         poll_at(first, clock, DEBOUNCE)
+    return event
+
+
+def test_a_listener_killed_during_a_run_is_followed_by_the_next_one_not_run_twice(setup):
+    make, source, records, runs, clock = setup
+    event = killed_mid_run(setup)
     assert len(runs.submitted) == 1 and source.acked == []  # submitted, not acknowledged
     run_id = records.claim_of(event.id)
 
@@ -350,13 +357,7 @@ def test_a_listener_killed_during_a_run_is_followed_by_the_next_one_not_run_twic
 
 def test_a_claimed_run_that_was_lost_releases_its_events_for_a_new_run(setup):
     make, source, records, runs, clock = setup
-    event = created(DIGITS_FILE)
-    source.push(event)
-    first = make()
-    runs.dies_in_wait = True
-    poll_at(first, clock, 0.0)
-    with pytest.raises(Killed):
-        poll_at(first, clock, DEBOUNCE)
+    event = killed_mid_run(setup)
     source.redeliver()
     second = make()
     runs.outcomes = ["lost"]  # say the Ray cluster restarted under it

@@ -90,27 +90,27 @@ def fuzz_app(settings, models, triton, first_runs):
         yield app
 
 
-def fuzz(app, path_regex: str) -> tuple[dict[str, list[str]], Counter, float]:
-    """Run the engine over the operations whose path matches; (failures by operation, requests by operation, s)."""
-    config = schemathesis.Config.from_dict({
+def fuzz_config(token: str, max_examples: int, **extra: Any) -> "schemathesis.Config":
+    """The engine's settings, shared with the live-stack run in tests/integration/test_hostile_input.py."""
+    return schemathesis.Config.from_dict({
         "seed": SEED,
         "workers": 1,
         "continue-on-failure": True,
-        "generation": {"max-examples": MAX_EXAMPLES, "deterministic": True, "database": "none"},
+        "generation": {"max-examples": max_examples, "deterministic": True, "database": "none"},
         "phases": {"stateful": {"enabled": False}},
         # 413 is how a batch over the documented maxItems is refused (too_many_items): a rejection too.
         "checks": {"negative_data_rejection": {"expected-statuses": [
             "400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429"]}},
-        "auth": {"openapi": {"AdminToken": {"bearer": TOKEN}}},
+        "auth": {"openapi": {"AdminToken": {"bearer": token}}},
         "operations": OPERATIONS,
+        **extra,
     })
-    # exclude(everything else), not include(path_regex): include filters are OR-ed with the `operations`
-    # entries of the config, which name operations of every area.
-    schema = schemathesis.openapi.from_asgi("/openapi.json", app, config=config).exclude(
-        path_regex=f"^(?!{path_regex})")
+
+
+def execute(schema) -> tuple[dict[str, list[str]], Counter]:
+    """Run the engine over a loaded schema; (failures by operation, requests by operation)."""
     failures: dict[str, list[str]] = defaultdict(list)
     requests: Counter = Counter()
-    started = time.perf_counter()
     for event in schemathesis.engine.from_schema(schema).execute():
         if isinstance(event, events.ScenarioFinished):
             recorder = event.recorder
@@ -128,6 +128,18 @@ def fuzz(app, path_regex: str) -> tuple[dict[str, list[str]], Counter, float]:
             failures[event.label].append(f"error: {event.info.title}: {event.value!r}\n    {event.info.code_sample}")
         elif isinstance(event, events.FatalError):
             failures["engine"].append(f"fatal: {event.exception!r}")
+    return failures, requests
+
+
+def fuzz(app, path_regex: str) -> tuple[dict[str, list[str]], Counter, float]:
+    """Run the engine over the operations whose path matches; (failures by operation, requests by operation, s)."""
+    config = fuzz_config(TOKEN, MAX_EXAMPLES)
+    # exclude(everything else), not include(path_regex): include filters are OR-ed with the `operations`
+    # entries of the config, which name operations of every area.
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app, config=config).exclude(
+        path_regex=f"^(?!{path_regex})")
+    started = time.perf_counter()
+    failures, requests = execute(schema)
     return failures, requests, time.perf_counter() - started
 
 
