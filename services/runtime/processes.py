@@ -162,10 +162,28 @@ def wait_until(check: Callable[[], bool], *, timeout_s: float, what: str, proc: 
 
 
 def _tail(log_file: Path | None, lines: int = 30) -> str:
+    text = log_tail(log_file, lines)
+    return f"; last lines of {log_file}:\n{text}" if text else ""
+
+
+def log_tail(log_file: Path | None, lines: int = 30) -> str:
+    """The last lines of a log, or "" when there is none."""
     if log_file is None or not log_file.exists():
         return ""
-    text = log_file.read_text(errors="replace").splitlines()[-lines:]
-    return f"; last lines of {log_file}:\n" + "\n".join(text)
+    with open(log_file, "rb") as f:
+        f.seek(max(0, f.seek(0, os.SEEK_END) - 64 * 1024))
+        return "\n".join(f.read().decode(errors="replace").splitlines()[-lines:])
+
+
+def rotate_log(log_file: Path, keep: int = 3) -> None:
+    """Move ``x.log`` to ``x.log.1`` (``x.log.1`` to ``x.log.2``, ...), so a restart keeps the log of the crash."""
+    if not log_file.exists():
+        return
+    for n in range(keep - 1, 0, -1):
+        older = log_file.with_name(f"{log_file.name}.{n}")
+        if older.exists():
+            older.replace(log_file.with_name(f"{log_file.name}.{n + 1}"))
+    log_file.replace(log_file.with_name(f"{log_file.name}.1"))
 
 
 def free_port() -> int:

@@ -20,7 +20,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from services.runtime.processes import ManagedProcess, StartupFailed, free_ports, wait_until
+from services.runtime.processes import ManagedProcess, StartupFailed, free_ports, rotate_log, wait_until
 from services.settings import Settings
 
 def serve_fast_path_env(temp_dir: Path, haproxy: bool, retry_on: str = "conn-failure") -> dict[str, str]:
@@ -117,7 +117,7 @@ class RayHead(ManagedProcess):
     def prepare(self) -> None:
         if self.temp_dir.exists():
             shutil.rmtree(self.temp_dir, ignore_errors=True)
-        self.log_file.unlink(missing_ok=True)
+        rotate_log(self.log_file)
 
     def ready(self) -> bool:
         return self.dashboard_ready()

@@ -30,7 +30,7 @@ from typing import Callable
 
 from prometheus_client import start_http_server
 
-from services.runtime.processes import ManagedProcess
+from services.runtime.processes import ManagedProcess, log_tail
 from services.settings import LauncherSettings
 from services.telemetry.metrics import Metrics
 from services.telemetry.supervision import HEARTBEAT_S, write_status
@@ -138,6 +138,8 @@ class Supervisor:
             self.metrics.set("rts_process_up", {"process": entry.name}, 0)
             self.say(f"{entry.name} exited (code {code}); restarting in {wait:.0f}s "
                      f"(crash {entry.crashes_in_a_row} in a row)")
+            if entry.process is not None and (tail := log_tail(entry.process.log_file, 20)):
+                self.say(f"last lines of {entry.process.log_file}:\n{tail}")
             self._write_status()
             return
         if now < entry.next_try_at or self._stop.is_set():

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytriton
 
-from services.runtime.processes import ManagedProcess
+from services.runtime.processes import ManagedProcess, rotate_log
 from services.settings import Settings
 from services.triton.client import TritonClient
 
@@ -75,7 +75,7 @@ class TritonServer(ManagedProcess):
 
     def prepare(self) -> None:
         prepare_backends(self.backends)
-        self.log_file.unlink(missing_ok=True)
+        rotate_log(self.log_file)  # a restarted Triton keeps the log of the one that crashed
 
     def argv(self) -> list[str]:
         args = [

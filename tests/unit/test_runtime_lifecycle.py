@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from services.runtime.leftovers import StackState, down, find_leftovers
-from services.runtime.processes import ManagedProcess, StartupFailed, free_ports, session_alive, start_process
+from services.runtime.processes import (ManagedProcess, StartupFailed, free_ports, rotate_log, session_alive,
+                                        start_process)
 from services.runtime.supervisor import Supervisor
 from services.settings import LauncherSettings, Settings
 from services.telemetry.supervision import read_status
@@ -205,3 +206,50 @@ def test_children_still_honour_sigterm(tmp_path, cleanup):
     cleanup.append(sleeper)
     os.kill(sleeper.pid, signal.SIGTERM)
     assert sleeper.proc.wait(timeout=5) == -signal.SIGTERM
+
+
+class Crasher(ManagedProcess):
+    """A child that says why it is about to die, then dies."""
+
+    what = "crasher"
+
+    def argv(self) -> list[str]:
+        return [sys.executable, "-c", "import time, sys; time.sleep(0.3); print('Signal (11) received.', flush=True); "
+                                      "sys.exit(3)"]
+
+    def prepare(self) -> None:
+        rotate_log(self.log_file)
+
+
+def test_a_crash_is_told_with_the_end_of_its_log_and_the_restart_keeps_that_log(tmp_path, cleanup):
+    (port,) = free_ports(1)
+    said: list[str] = []
+    supervisor = Supervisor(LauncherSettings(metrics_port=port, restart_backoff_s=0.2, restart_backoff_max_s=0.2),
+                            status_file=tmp_path / "processes.json", say=said.append, interval_s=0.05)
+
+    def factory() -> Crasher:
+        p = Crasher(tmp_path / "crasher.log")
+        cleanup.append(p)
+        return p
+
+    supervisor.watch("crasher", factory, factory().start())
+    supervisor.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(cleanup) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        supervisor.stop()
+    assert any("crasher exited (code 3)" in line for line in said), said
+    assert any("last lines of" in line and "Signal (11) received." in line for line in said), said
+    assert (tmp_path / "crasher.log.1").read_text().strip() == "Signal (11) received."  # the crash, kept
+
+
+def test_rotating_a_log_keeps_the_newest_few(tmp_path):
+    log = tmp_path / "x.log"
+    for n in range(5):
+        log.write_text(f"run {n}\n")
+        rotate_log(log, keep=3)
+    assert not log.exists()
+    assert [(tmp_path / f"x.log.{i}").read_text() for i in (1, 2, 3)] == ["run 4\n", "run 3\n", "run 2\n"]
+    assert not (tmp_path / "x.log.4").exists()
