@@ -28,6 +28,7 @@ a folder of its own. ``tests/integration/test_zw_faults.py`` runs the fast subse
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -45,11 +46,16 @@ import numpy as np
 import yaml
 
 from loadtests.run import run_profile
+from services.modelkit.discovery import load_models
 from services.registry.records import Records
+from services.registry.repository import ModelRepository
 from services.runtime.processes import free_ports
 from services.runtime.stack import Stack, render_serve_config
 from services.settings import REPO_ROOT, Settings
-from services.storage import data_store
+from services.storage import data_store, repository_store
+from services.telemetry.supervision import read_status
+from services.triton.client import TritonClient
+from tests.servers.s3 import SeaweedFS
 
 USERS = 8  # the "fault" profile's users (loadtests/profiles.py)
 BEFORE_S = 8.0
@@ -66,7 +72,7 @@ class Fault:
     name: str
     what: str
     prepare: Callable[["Stack"], None]
-    inject: Callable[["Stack"], dict]  # returns what it did (pids, ...), kept in the report
+    inject: Callable[["Stack"], dict]  # returns what it did (pids, ...; "struck_at": when), kept in the report
     recovered: Callable[["Stack", dict], bool]
     lost: Callable[["Stack", dict], str] = lambda stack, done: "nothing"
 
@@ -154,9 +160,8 @@ def triton_back(stack: Stack, done: dict) -> bool:
     return stack.triton is not None and stack.triton.pid != done["killed_pid"] and healthy(stack)
 
 
-def drop_data_then_kill_listener(stack: Stack) -> dict:
-    """New labelled digits in incoming/ (as an upload would land), then kill -9 the listener once it has
-    submitted the run for them."""
+def drop_new_digits(stack: Stack) -> str:
+    """New labelled digits in incoming/, as an upload would land them (written aside, then renamed)."""
     from services.models.digits.data import load_split
     from services.models.digits.gates import shift_one_pixel
 
@@ -168,9 +173,15 @@ def drop_data_then_kill_listener(stack: Stack) -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.with_name(f".{path.name}.partial").write_bytes(buf.getvalue())
     path.with_name(f".{path.name}.partial").rename(path)
+    return key
+
+
+def drop_data_then_kill_listener(stack: Stack) -> dict:
+    """New labelled digits in incoming/, then kill -9 the listener once it has submitted the run for them."""
     listener = stack.listener
     log = listener.log_file
     offset = log.stat().st_size if log.exists() else 0
+    key = drop_new_digits(stack)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         text = log.read_text()[offset:] if log.exists() else ""
@@ -207,6 +218,142 @@ def runs_lost_or_doubled(stack: Stack, done: dict) -> str:
             + ("none lost, none doubled" if len(runs) == 1 else "WRONG: expected exactly one"))
 
 
+class ObjectStore:
+    """The matrix's S3 server (SeaweedFS), where the model repository lives as on a cluster; its row kills it."""
+
+    bucket = "rts-faults"
+
+    def __init__(self, work_dir: Path) -> None:
+        self.work_dir = work_dir
+        self.server = SeaweedFS(work_dir)
+
+    def start(self) -> "ObjectStore":
+        self.server.start()
+        client = self.server.client("s3")
+        if self.bucket not in {b["Name"] for b in client.list_buckets()["Buckets"]}:
+            client.create_bucket(Bucket=self.bucket)
+        return self
+
+    def restart(self) -> None:
+        """Back on the same port with the same data, as a restarted server (or a healed partition) would be."""
+        self.server = SeaweedFS(self.work_dir, port=self.server.port)
+        self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+object_store: ObjectStore | None = None  # set by main(); the object-store row kills and restarts it
+OBJECT_STORE_DOWN_S = 8.0
+
+
+def kill_object_store_mid_publish(stack: Stack) -> dict:
+    """New labelled digits; once the run's publish has written the first object of its version, kill -9 the S3
+    server; bring it back OBJECT_STORE_DOWN_S later. The listener runs the failed run again (retryable)."""
+    package = load_models(stack.settings)["digits"]
+    family, store = package.family, repository_store(stack.settings)
+    version = ModelRepository(store).next_version(family)
+    prefixes = [f"{member}/{version}/" for member in family.members]
+    key = drop_new_digits(stack)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        seen = [o.key for prefix in prefixes for o in store.list(prefix)]
+        if seen:
+            pid = object_store.server.pid
+            os.kill(pid, signal.SIGKILL)
+            struck_at = time.time()
+            threading.Timer(OBJECT_STORE_DOWN_S, object_store.restart).start()
+            return {"key": key, "version": version, "written_before_the_kill": seen, "killed_pid": pid,
+                    "struck_at": struck_at}
+        time.sleep(0.01)
+    raise TimeoutError(f"no run published digits version {version} within 120 s of {key}")
+
+
+def object_store_back_and_run_published(stack: Stack, done: dict) -> bool:
+    records = Records(data_store(stack.settings))
+    outcomes = [(records.run(r["run_id"]) or {}).get("outcome") for r in runs_for(stack, done["key"])]
+    return object_store.server.running and "published" in outcomes and healthy(stack)
+
+
+def half_version_never_served(stack: Stack, done: dict) -> str:
+    package = load_models(stack.settings)["digits"]
+    family, version = package.family, done["version"]
+    records = Records(data_store(stack.settings))
+    runs = [records.run(r["run_id"]) or {} for r in runs_for(stack, done["key"])]
+    told = "; ".join(f"{r.get('outcome')}" + (f" (retryable: {r.get('reason', '')[:60]})" if r.get("retryable") else "")
+                     + (f" v{r['version']}" if r.get("version") else "") for r in runs)
+    complete = version in ModelRepository(repository_store(stack.settings)).complete_versions(family)
+    with TritonClient(stack.triton_url) as triton:
+        loaded = [m for m in family.members if version in triton.ready_versions(m)]
+    ok = not complete and not loaded and [r.get("outcome") for r in runs][-1:] == ["published"]
+    return (f"runs: {told}; v{version} ({len(done['written_before_the_kill'])} object(s) written before the kill) "
+            f"{'complete' if complete else 'never complete'}, loaded by {loaded or 'no member'}; "
+            + ("no half version served, the event retried" if ok else "WRONG"))
+
+
+POISON = {  # name -> bytes: what a careless or hostile uploader drops beside good data
+    "truncated.npz": b"PK\x03\x04 a zip that ends here",
+    "not-data.txt": b"an unsupported file type\n",
+    "huge.npz": b"\0" * (17 * 1024 * 1024),  # over the matrix's RTS_RETRAIN_MAX_FILE_MB=16
+}
+
+
+def drop_poison_and_a_duplicate(stack: Stack) -> dict:
+    """Poison beside one good file in one burst; once the good file's run has ended, the same file again
+    under the same name: the same event delivered twice, which must start nothing."""
+    incoming = Path(stack.settings.data_uri.removeprefix("file://")) / "datasets" / "digits" / "incoming"
+    stamp = int(time.time())
+    listener_pid = stack.listener.pid
+    for name, data in POISON.items():
+        (incoming / f".{stamp}-{name}.partial").write_bytes(data)
+        (incoming / f".{stamp}-{name}.partial").rename(incoming / f"{stamp}-{name}")
+    stray = Path(stack.settings.data_uri.removeprefix("file://")) / "datasets" / "no-such-model" / "incoming"
+    stray.mkdir(parents=True, exist_ok=True)
+    (stray / f"{stamp}.npz").write_bytes(b"for a model nobody serves")
+    key = drop_new_digits(stack)
+    good = Path(stack.settings.data_uri.removeprefix("file://")) / key
+    data = good.read_bytes()
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline:
+        records = Records(data_store(stack.settings))
+        done = [r for r in runs_for(stack, key) if (records.run(r["run_id"]) or {}).get("outcome") not in (None, "running")]
+        if done:
+            break
+        time.sleep(0.5)
+    else:
+        raise TimeoutError(f"no run for {key} ended within 150 s")
+    good.with_name(f".{good.name}.partial").write_bytes(data)  # the duplicate
+    good.with_name(f".{good.name}.partial").rename(good)
+    return {"key": key, "poison": [f"{stamp}-{n}" for n in POISON], "listener_pid": listener_pid,
+            "duplicate_at": time.time()}
+
+
+def duplicate_acknowledged(stack: Stack, done: dict) -> bool:
+    log = stack.listener.log_file.read_text() if stack.listener is not None else ""
+    return "already acted on; acknowledging" in log and time.time() - done["duplicate_at"] > 3 and healthy(stack)
+
+
+def poison_rejected_duplicate_ignored(stack: Stack, done: dict) -> str:
+    root = Path(stack.settings.data_uri.removeprefix("file://")) / "datasets" / "digits"
+    reports = {}
+    for name in done["poison"]:
+        report = root / "rejected" / f"{name}.report.json"
+        if report.exists():
+            reports[name] = "; ".join(json.loads(report.read_text())["reasons"])[:70]
+        elif (root / "incoming" / name).exists():
+            reports[name] = "left in incoming/, never a run's" if not name.endswith(".npz") else "WRONG: still incoming"
+    stray = f"datasets/no-such-model/incoming/{done['poison'][0].split('-', 1)[0]}.npz"
+    reports["unknown-model"] = f"{len(runs_for(stack, stray))} runs"
+    runs = runs_for(stack, done["key"])
+    restarts = (read_status(stack.supervisor.status_file).get("listener") or {}).get("restarts")
+    ok = (len(runs) == 1 and stack.listener.pid == done["listener_pid"]
+          and all(not r.startswith("WRONG") for r in reports.values()) and len(reports) == len(done["poison"]) + 1
+          and reports["unknown-model"] == "0 runs")
+    return (f"{len(runs)} run for the good file and its duplicate; listener restarts {restarts}; "
+            + "; ".join(f"{n.split('-', 1)[-1]}: {r}" for n, r in reports.items())
+            + ("" if ok else "; WRONG"))
+
+
 FUSED, COMPOSED = CONFIGS / "inference-fused.yaml", CONFIGS / "inference.yaml"
 
 FAULTS: dict[str, Fault] = {f.name: f for f in (
@@ -221,6 +368,12 @@ FAULTS: dict[str, Fault] = {f.name: f for f in (
     Fault("listener-mid-run", "kill -9 the listener while its retraining run runs; the launcher restarts it",
           lambda s: deploy(s, FUSED, {"Ingress": 1}), drop_data_then_kill_listener, listener_back_and_run_done,
           runs_lost_or_doubled),
+    Fault("poison-and-duplicate", "poison files (truncated, unsupported, over the size limit) beside a good one, "
+          "then the good one's event again", lambda s: deploy(s, FUSED, {"Ingress": 1}),
+          drop_poison_and_a_duplicate, duplicate_acknowledged, poison_rejected_duplicate_ignored),
+    Fault("object-store-mid-publish", "kill -9 the S3 server (model repository) while a run publishes; "
+          f"back after {OBJECT_STORE_DOWN_S:.0f} s", lambda s: deploy(s, FUSED, {"Ingress": 1}),
+          kill_object_store_mid_publish, object_store_back_and_run_published, half_version_never_served),
 )}
 
 
@@ -237,6 +390,8 @@ def run_row(stack: Stack, fault: Fault, out: Path, say: Callable[[str], None] = 
         marks["t_fault"] = time.time()
         try:
             marks["injected"] = fault.inject(stack)
+            # A row whose fault waits for its moment (a run reaching its publish) says when it struck.
+            marks["t_fault"] = marks["injected"].get("struck_at", marks["t_fault"])
             deadline = time.monotonic() + RECOVER_CAP_S
             while time.monotonic() < deadline and not stop.is_set():
                 if fault.recovered(stack, marks["injected"]):
@@ -334,13 +489,18 @@ def write_report(rows: list[RowResult], out: Path) -> None:
     plot(rows, out / "faults.png")
 
 
-def fault_settings(var_dir: Path) -> Settings:
+def fault_settings(var_dir: Path, s3_endpoint_url: str | None = None) -> Settings:
+    """The matrix's stack. With an S3 endpoint, the model repository lives there (the object-store row)."""
     http, grpc, metrics, gcs, dashboard, serve, launcher = free_ports(7)
+    repository = ({"RTS_MODEL_REPOSITORY_URI": f"s3://{ObjectStore.bucket}/model_repository",
+                   "s3_endpoint_url": s3_endpoint_url} if s3_endpoint_url else {})
     return Settings(var_dir=var_dir, models=["services.models.digits", "services.models.diabetes"],
                     triton={"http_port": http, "grpc_port": grpc, "metrics_port": metrics},
                     ray={"gcs_port": gcs, "dashboard_port": dashboard, "temp_dir": Path(f"/tmp/rts-faults-{os.getpid()}")},
                     serve={"http_port": serve, "config": FUSED}, launcher={"metrics_port": launcher},
-                    drift={"enabled": False})  # a repeated load-test image must not start runs of its own
+                    listener={"retry_backoff_s": 5.0}, retrain={"max_file_mb": 16},
+                    drift={"enabled": False},  # a repeated load-test image must not start runs of its own
+                    **repository)
 
 
 def main() -> None:
@@ -355,7 +515,17 @@ def main() -> None:
     out = args.out or REPO_ROOT / "loadtests" / "results" / time.strftime("faults-%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    with Stack(fault_settings(out / "var"), say=lambda m: print(f"[stack] {m}", flush=True)) as stack:
+    global object_store
+    with contextlib.ExitStack() as cleanup:
+        endpoint = None
+        if "object-store-mid-publish" in names:
+            print("[faults] starting the S3 server (SeaweedFS) for the model repository ...", flush=True)
+            object_store = ObjectStore(out / "s3").start()
+            cleanup.callback(lambda: object_store.stop())
+            os.environ.update(object_store.server.env)  # Triton, the jobs and the replicas read the repository
+            endpoint = object_store.server.endpoint_url
+        stack = cleanup.enter_context(Stack(fault_settings(out / "var", endpoint),
+                                            say=lambda m: print(f"[stack] {m}", flush=True)))
         for name in names:
             rows.append(run_row(stack, FAULTS[name], out / name))
             write_report(rows, out)

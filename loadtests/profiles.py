@@ -26,7 +26,7 @@ PROFILES: dict[str, list[Stage]] = {
     # Rollout: steady traffic with feedback while a candidate earns its way (the caller stops it early).
     "rollout": [Stage(5, 6, 6), Stage(1195, 6, 6)],
     # Faults: steady load while something is killed (loadtests/faults.py stops it after recovery).
-    "fault": [Stage(2, 8, 8), Stage(118, 8, 8)],
+    "fault": [Stage(2, 8, 8), Stage(238, 8, 8)],  # ends early, once the row has recovered
     # Soak: an hour at a moderate load, for leaks and slow drift in latency.
     "soak": [Stage(60, 16, 2), Stage(3540, 16, 2)],
 }

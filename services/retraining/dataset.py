@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
@@ -136,25 +137,41 @@ def check_file(package: ModelPackage, name: str, data: bytes, known: Known) -> D
     return rows
 
 
-def ingest(store: ObjectStore, package: ModelPackage, key: str, known: Known) -> tuple[FileReport, Dataset | None]:
-    """Check one incoming file; move it to accepted/ or rejected/ (+ report). Returns its rows if accepted."""
+MAX_FILE_BYTES = 256 * 1024 * 1024  # RTS_RETRAIN_MAX_FILE_MB's default
+
+
+def ingest(store: ObjectStore, package: ModelPackage, key: str, known: Known,
+           max_bytes: int = MAX_FILE_BYTES) -> tuple[FileReport, Dataset | None]:
+    """Check one incoming file; move it to accepted/ or rejected/ (+ report). Returns its rows if accepted.
+
+    A file over ``max_bytes`` is rejected unread: one huge upload never takes the run's memory."""
     paths = DataPaths(package.name)
-    data = store.get_bytes(key)
     name = key.rsplit("/", 1)[-1]
+    info = store.head(key)
+    if info is not None and info.size > max_bytes:
+        report = FileReport(key=key, sha256="", accepted=False,
+                            reasons=[f"the file is {info.size} bytes; files over {max_bytes} bytes are not read "
+                                     "(RTS_RETRAIN_MAX_FILE_MB): split it"])
+        return _reject(store, paths, name, report), None
+    data = store.get_bytes(key)
     report = FileReport(key=key, sha256=hashlib.sha256(data).hexdigest(), accepted=False)
     try:
         rows = check_file(package, name, data, known)
     except DataRejected as exc:
         report.reasons = exc.reasons
-        report.moved_to = free_key(store, paths.rejected, name, report.sha256)
-        store.put_bytes(f"{report.moved_to}.report.json", json.dumps(asdict(report), indent=2).encode())
-        store.move(key, report.moved_to)
-        return report, None
+        return _reject(store, paths, name, report), None
     report.accepted, report.rows = True, len(rows)
     report.moved_to = free_key(store, paths.accepted, name, report.sha256)
     store.move(key, report.moved_to)
     known.add(rows)
     return report, rows
+
+
+def _reject(store: ObjectStore, paths: DataPaths, name: str, report: FileReport) -> FileReport:
+    report.moved_to = free_key(store, paths.rejected, name, report.sha256 or f"{time.time_ns():x}")
+    store.put_bytes(f"{report.moved_to}.report.json", json.dumps(asdict(report), indent=2).encode())
+    store.move(report.key, report.moved_to)
+    return report
 
 
 def incoming_files(store: ObjectStore, package: ModelPackage) -> list[str]:

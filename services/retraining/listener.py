@@ -19,7 +19,11 @@ Semantics:
   chosen here, and Ray Jobs refuses a second submission with the same id). A listener that finds a
   redelivered event claimed by a run follows that run to its end instead of starting another, and
   acknowledges the event then; if the run was lost (never submitted, or its cluster went away), the
-  claim is released and the event starts a new run.
+  claim is released and the event starts a new run;
+- a run that failed because a server was away (the object store in the middle of a publish, Triton, the
+  Jobs API: the record says ``retryable``) runs again for the same events after ``retry_backoff_s``
+  (doubling), up to ``retry_attempts`` runs in all; its events stay unacknowledged until then. A run that
+  failed for any other reason (a bug, a broken file) is final: its record says why.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from dataclasses import dataclass
 from typing import Callable, Mapping
 
 from services.events.base import CloudEvent, EventSource, ReceivedEvent, open_source
@@ -41,16 +46,27 @@ from services.storage import data_store
 log = logging.getLogger("retraining.listener")
 
 Submit = Callable[[str, list[CloudEvent], str], str]  # (model, events, run id) -> run id
+
+
+@dataclass
+class Retry:
+    not_before: float  # the listener's clock
+    attempt: int  # the attempt this will be
+    batch: list[ReceivedEvent]
+
 Wait = Callable[[str], dict]  # run id -> run record
 
 
 class RetrainingListener:
     def __init__(self, source: EventSource, records: Records, models: Mapping[str, ModelPackage], *,
                  submit: Submit, wait: Wait, debounce_s: float = 3.0, max_wait_s: float = 30.0,
+                 retry_attempts: int = 3, retry_backoff_s: float = 30.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.source, self.records, self.models = source, records, models
         self.submit, self.wait = submit, wait
         self.debounce_s, self.max_wait_s = debounce_s, max_wait_s
+        self.retry_attempts, self.retry_backoff_s = retry_attempts, retry_backoff_s
+        self.retries: dict[str, Retry] = {}  # model -> the events of its run that failed on an away server
         self.clock = clock
         self.pending: dict[str, list[ReceivedEvent]] = {}
         self.following: dict[str, list[ReceivedEvent]] = {}  # run id -> its events, redelivered to us
@@ -62,6 +78,7 @@ class RetrainingListener:
         for received in self.source.receive(max_events=100, timeout_s=receive_timeout_s):
             self._accept(received)
         records = self.follow_runs() if self.following else []
+        records += self.run_retries()
         if not self.pending:
             return records
         now = self.clock()
@@ -87,13 +104,14 @@ class RetrainingListener:
                          event.id, run_id)
             followed[:] = [r for r in followed if r.event.id != event.id] + [received]  # the newest delivery
             return
-        waiting = self.pending.get(model, [])
-        for i, earlier in enumerate(waiting):
-            if earlier.event.id == event.id:
-                # Redelivered while waiting in the burst: keep the newest delivery, whose receipt handle /
-                # ack id is the one the queue still honours.
-                waiting[i] = received
-                return
+        retry = self.retries.get(model)
+        for waiting in (self.pending.get(model, []), retry.batch if retry else []):
+            for i, earlier in enumerate(waiting):
+                if earlier.event.id == event.id:
+                    # Redelivered while waiting in the burst or for a retry: keep the newest delivery, whose
+                    # receipt handle / ack id is the one the queue still honours.
+                    waiting[i] = received
+                    return
         now = self.clock()
         if not self.pending:
             self.first_at = now
@@ -106,30 +124,47 @@ class RetrainingListener:
         batches, self.pending = self.pending, {}
         records = []
         for model, batch in batches.items():
-            events = [r.event for r in batch]
-            run_id = new_run_id()
-            for received in batch:
-                self.records.claim(received.event.id, run_id)
-            try:
-                self.submit(model, events, run_id)
-            except Exception:  # the Jobs API is away, say: these events stay unacknowledged and come back
-                log.exception("could not run %s for %d events; they stay unacknowledged", model, len(events))
-                for received in batch:
-                    self.records.release(received.event.id)
-                continue
-            log.info("submitted run %s of %s for %d events", run_id, model, len(events))
-            records += self._finish(run_id, batch)
+            attempt = 1
+            if model in self.retries:  # new events for a model with a retry waiting: one run for all of them
+                retry = self.retries.pop(model)
+                batch, attempt = retry.batch + batch, retry.attempt
+            records += self._start(model, batch, attempt)
         return records
+
+    def run_retries(self) -> list[dict]:
+        """Run again what failed on an away server, once its backoff has passed."""
+        records = []
+        for model, retry in list(self.retries.items()):
+            if self.clock() >= retry.not_before:
+                del self.retries[model]
+                records += self._start(model, retry.batch, retry.attempt)
+        return records
+
+    def _start(self, model: str, batch: list[ReceivedEvent], attempt: int) -> list[dict]:
+        events = [r.event for r in batch]
+        run_id = new_run_id()
+        for received in batch:
+            self.records.claim(received.event.id, run_id)
+        try:
+            self.submit(model, events, run_id)
+        except Exception:  # the Jobs API is away, say: these events stay unacknowledged and come back
+            log.exception("could not run %s for %d events; they stay unacknowledged", model, len(events))
+            for received in batch:
+                self.records.release(received.event.id)
+            return []
+        log.info("submitted run %s of %s for %d events%s", run_id, model, len(events),
+                 f" (attempt {attempt} of {self.retry_attempts})" if attempt > 1 else "")
+        return self._finish(run_id, batch, model, attempt)
 
     def follow_runs(self) -> list[dict]:
         """Wait for the runs an earlier listener started for events that came back to us."""
         following, self.following = self.following, {}
         records = []
         for run_id, batch in following.items():
-            records += self._finish(run_id, batch)
+            records += self._finish(run_id, batch, model_of(batch[0].event, self.models), 1)
         return records
 
-    def _finish(self, run_id: str, batch: list[ReceivedEvent]) -> list[dict]:
+    def _finish(self, run_id: str, batch: list[ReceivedEvent], model: str | None, attempt: int) -> list[dict]:
         try:
             record = self.wait(run_id)
         except Exception:  # the Jobs API is away: unacknowledged, the events come back and we follow again
@@ -141,6 +176,15 @@ class RetrainingListener:
             log.error("run %s left no record (%s); its events stay unacknowledged", run_id, record.get("reason"))
             for received in batch:
                 self.records.release(received.event.id)
+            return [record]
+        if (record.get("outcome") == "failed" and record.get("retryable") and model is not None
+                and attempt < self.retry_attempts):
+            wait = self.retry_backoff_s * 2 ** (attempt - 1)
+            log.warning("run %s of %s failed on a server that was away; running it again in %.0fs "
+                        "(attempt %d of %d)", run_id, model, wait, attempt + 1, self.retry_attempts)
+            for received in batch:
+                self.records.release(received.event.id)
+            self.retries[model] = Retry(self.clock() + wait, attempt + 1, batch)
             return [record]
         for received in batch:
             self.records.mark_processed(received.event.id, run_id)
@@ -163,7 +207,8 @@ def listen(settings: Settings) -> None:
         open_source(settings), Records(store), models,
         submit=lambda model, events, run_id: submit_run(settings, model, events, run_id),
         wait=lambda run_id: wait_for_run(settings, run_id),
-        debounce_s=settings.listener.debounce_s, max_wait_s=settings.listener.max_wait_s)
+        debounce_s=settings.listener.debounce_s, max_wait_s=settings.listener.max_wait_s,
+        retry_attempts=settings.listener.retry_attempts, retry_backoff_s=settings.listener.retry_backoff_s)
 
     def stop(signum, frame) -> None:
         listener.stopping = True

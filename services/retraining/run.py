@@ -128,7 +128,9 @@ def validate(run: Run) -> TrainingData:
         for part in accepted_parts:
             known.add(part)
         known.add(split.train, overwrite=False)
-        reports = [dataset.ingest(store, package, key, known)[0] for key in dataset.incoming_files(store, package)]
+        limit = run.settings.retrain.max_file_mb * 1024 * 1024
+        reports = [dataset.ingest(store, package, key, known, limit)[0]
+                   for key in dataset.incoming_files(store, package)]
         st["files"] = [report.__dict__ for report in reports]
         st["accepted_files"] = [r.moved_to for r in reports if r.accepted]
         st["rejected_files"] = [r.moved_to for r in reports if not r.accepted]
@@ -272,6 +274,27 @@ def record_version(run: Run, data: TrainingData, candidate: Candidate, version: 
 
 # ---- a whole run --------------------------------------------------------------------------------
 
+# What a server that could not be reached, or did not answer in time, raises through the clients the steps
+# use (builtins, botocore, google-api-core, grpc via tritonclient). Named, not imported: not every
+# deployment installs every client.
+_UNREACHABLE = {"EndpointConnectionError", "ConnectionClosedError", "ConnectTimeoutError", "ReadTimeoutError",
+                "ServiceUnavailable", "DeadlineExceeded", "RetryError"}
+
+
+def unreachable(exc: BaseException) -> bool:
+    """True when `exc`, or what caused it, says a server was away (worth running again later), not that the
+    run itself is wrong."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (ConnectionError, TimeoutError)) or _UNREACHABLE & {c.__name__ for c in type(exc).__mro__}:
+            return True
+        if type(exc).__name__ == "InferenceServerException" and "UNAVAILABLE" in str(getattr(exc, "status", lambda: "")()):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def execute(run: Run, *, with_triton: bool) -> dict:
     """Every step in order; always returns (and stores) the run record, whatever the outcome."""
     started = time.perf_counter()
@@ -296,6 +319,7 @@ def execute(run: Run, *, with_triton: bool) -> dict:
         log.exception("run %s failed", run.run_id)
         run.finish("failed", f"{type(exc).__name__}: {exc}")
         run.record["traceback"] = traceback.format_exc()[-4000:]
+        run.record["retryable"] = unreachable(exc)  # the listener runs it again later; a bug or bad data, never
     finally:
         run.record["finished_at"] = now()
         run.registry.records.save_run(run.record)

@@ -87,10 +87,12 @@ class SeaweedFS(_S3Server, ManagedProcess):
     access_key = "rts-test-key"
     secret_key = "rts-test-secret"
 
-    def __init__(self, work_dir: Path) -> None:
+    def __init__(self, work_dir: Path, port: int | None = None) -> None:
+        """``port``: the S3 port; give the old one (and the same ``work_dir``) to bring a stopped server back
+        with its data."""
         self.work_dir = Path(work_dir)
         ManagedProcess.__init__(self, self.work_dir / "weed.log", cwd=self.work_dir)
-        self.port = free_port()
+        self.port = port or free_port()
         self.endpoint_url = f"http://127.0.0.1:{self.port}"
 
     @staticmethod

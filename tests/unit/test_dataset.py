@@ -107,6 +107,18 @@ def test_a_good_diabetes_csv_in_any_column_order_is_accepted(store):
     np.testing.assert_allclose(rows.y, NEW_TARGETS)
 
 
+def test_a_file_over_the_size_limit_is_rejected_unread(store, monkeypatch):
+    data = npz(NEW_IMAGES, NEW_LABELS)
+    key = put_incoming(store, DIGITS, "huge.npz", data)
+    monkeypatch.setattr(store, "get_bytes", lambda k: pytest.fail(f"read {k}"))  # never read into memory
+    report, rows = ingest(store, DIGITS, key, Known(), max_bytes=len(data) - 1)
+    assert rows is None and not report.accepted
+    assert report.reasons == [f"the file is {len(data)} bytes; files over {len(data) - 1} bytes are not read "
+                              "(RTS_RETRAIN_MAX_FILE_MB): split it"]
+    assert not store.exists(key) and store.exists("datasets/digits/rejected/huge.npz")
+    assert store.exists("datasets/digits/rejected/huge.npz.report.json")
+
+
 # ---- bad digits files ---------------------------------------------------------------------------
 
 def test_digits_pixels_out_of_range_are_rejected(store):

@@ -10,11 +10,13 @@ retrain requests that name no model.
 from __future__ import annotations
 
 import pytest
+from botocore.exceptions import EndpointConnectionError
 
 from services.events.base import CloudEvent, EventSource, ReceivedEvent, object_created, retrain_requested
 from services.modelkit.discovery import load_package
 from services.registry.records import Records
 from services.retraining.listener import RetrainingListener
+from services.retraining.run import unreachable
 from services.storage import open_store
 
 DIGITS = load_package("services.models.digits")
@@ -99,6 +101,8 @@ class Runs:
         self.seen_at_wait.append(([i for i in ids if i in self.source.acked],
                                   [self.records.is_processed(i) for i in ids]))
         outcome = self.outcomes.pop(0) if self.outcomes else "published"
+        if outcome == "away":  # failed because a server was away (the record says retryable)
+            return {"run_id": run_id, "outcome": "failed", "retryable": True}
         return {"run_id": run_id, "outcome": outcome}
 
 
@@ -267,6 +271,76 @@ def test_a_failed_run_still_acknowledges_its_events(setup):
     poll_at(listener, clock, 0.0)
     poll_at(listener, clock, DEBOUNCE)
     assert source.acked == [a.id] and records.is_processed(a.id)
+
+
+def test_a_run_failed_on_an_away_server_runs_again_after_a_backoff_then_acks(setup):
+    make, source, records, runs, clock = setup
+    listener = make()
+    listener.retry_backoff_s = 30.0
+    a = created(DIGITS_FILE)
+    runs.outcomes = ["away", "away"]
+    source.push(a)
+    poll_at(listener, clock, 0.0)
+    assert [r["outcome"] for r in poll_at(listener, clock, DEBOUNCE)] == ["failed"]
+    assert source.acked == [] and not records.is_processed(a.id) and records.claim_of(a.id) is None
+    assert poll_at(listener, clock, DEBOUNCE + 29) == []  # not before the backoff
+    assert [r["outcome"] for r in poll_at(listener, clock, DEBOUNCE + 30)] == ["failed"]
+    assert poll_at(listener, clock, DEBOUNCE + 30 + 59) == []  # the backoff doubled
+    assert [r["outcome"] for r in poll_at(listener, clock, DEBOUNCE + 30 + 60)] == ["published"]
+    assert runs.submitted == [("digits", [a.id])] * 3
+    assert source.acked == [a.id] and records.is_processed(a.id)
+
+
+def test_retries_stop_at_the_last_attempt_and_the_failure_is_final(setup):
+    make, source, records, runs, clock = setup
+    listener = make()
+    listener.retry_attempts, listener.retry_backoff_s = 2, 1.0
+    a = created(DIGITS_FILE)
+    runs.outcomes = ["away", "away", "published"]
+    source.push(a)
+    poll_at(listener, clock, 0.0)
+    poll_at(listener, clock, DEBOUNCE)
+    assert [r["outcome"] for r in poll_at(listener, clock, DEBOUNCE + 1)] == ["failed"]
+    assert poll_at(listener, clock, DEBOUNCE + 100) == []
+    assert len(runs.submitted) == 2 and source.acked == [a.id] and records.is_processed(a.id)
+
+
+def test_an_event_redelivered_while_its_retry_waits_is_not_run_twice(setup):
+    make, source, records, runs, clock = setup
+    listener = make()
+    listener.retry_backoff_s = 30.0
+    a, b = created(DIGITS_FILE), created("datasets/digits/incoming/b.npz")
+    runs.outcomes = ["away"]
+    source.push(a)
+    poll_at(listener, clock, 0.0)
+    poll_at(listener, clock, DEBOUNCE)
+    source.redeliver()  # a's visibility timeout expires while its retry waits
+    source.push(b)  # and new data arrives for the same model
+    poll_at(listener, clock, DEBOUNCE + 1)
+    poll_at(listener, clock, DEBOUNCE + 1 + DEBOUNCE)  # b's burst is over: one run for b and the waiting a
+    assert runs.submitted == [("digits", [a.id]), ("digits", [a.id, b.id])]
+    assert poll_at(listener, clock, DEBOUNCE + 100) == []  # the retry went into that run
+    assert sorted(source.acked) == sorted([a.id, b.id])
+
+
+@pytest.mark.parametrize("exc, away", [
+    (ConnectionRefusedError(111, "refused"), True),
+    (TimeoutError("read timed out"), True),
+    (RuntimeError("wrapped"), False),
+    (ValueError("a broken file"), False),
+])
+def test_what_counts_as_a_server_being_away(exc, away):
+    assert unreachable(exc) is away
+
+
+def test_botocore_connection_errors_count_as_away_even_when_wrapped():
+    try:
+        try:
+            raise EndpointConnectionError(endpoint_url="http://127.0.0.1:1")
+        except Exception as inner:
+            raise RuntimeError("publish failed") from inner
+    except RuntimeError as outer:
+        assert unreachable(outer)
 
 
 # ---- events that ask for nothing ------------------------------------------------------------------
