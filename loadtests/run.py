@@ -219,7 +219,7 @@ def run_profile(profile: str, host: str, dashboard: str, out: Path, app: str = "
                 # SIGINT: Locust stops its users and writes its reports (SIGTERM kills it when a shape runs).
                 proc.send_signal(signal.SIGINT)
                 stopping_since = time.monotonic()
-            elif stopping_since is not None and time.monotonic() - stopping_since > 30:
+            elif stopping_since is not None and time.monotonic() - stopping_since > 60:  # reports written; a busy box is slow
                 proc.kill()
     finally:
         if proc.poll() is None:

@@ -44,7 +44,7 @@ from services.serving.stages import (LocalInference, LocalPostprocess, LocalPrep
 from services.settings import Settings, get_settings
 from services.storage import data_store
 from services.telemetry.metrics import configure_metrics
-from services.telemetry.tracing import configure_tracing
+from services.telemetry.tracing import TraceBudget, configure_tracing
 
 
 class InferenceAppArgs(BaseModel):
@@ -123,8 +123,9 @@ class Ingress:
         controller = ensure_controller()
         Reporter(live, send=lambda snapshot: controller.report.remote(snapshot), watched=router.judged,
                  drift_of=drift.max_psi if drift is not None else (lambda model, version: None)).start()
-        self.gateway = Gateway(settings, models, InferencePipeline(*stages, models=models, drift=drift, live=live),
-                               router=router, live=live, controller=controller)
+        pipeline = InferencePipeline(*stages, models=models, drift=drift, live=live,
+                                     triton_traces=TraceBudget(settings.triton.trace_max_per_s))
+        self.gateway = Gateway(settings, models, pipeline, router=router, live=live, controller=controller)
 
     def __serve_build_asgi_app__(self):
         return create_app(self.gateway)

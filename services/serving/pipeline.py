@@ -27,7 +27,7 @@ from services.serving.drift_watch import DriftWatch
 from services.serving.stages import Inference, Postprocessor, Preprocessor
 from services.telemetry import metrics
 from services.telemetry.instrument import stage
-from services.telemetry.tracing import triton_headers
+from services.telemetry.tracing import TraceBudget, triton_headers
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +48,10 @@ class InjectedFault(ServingError):
 class InferencePipeline:
     def __init__(self, preprocess: Preprocessor, triton: Inference, postprocess: Postprocessor,
                  models: dict[str, ModelPackage], drift: DriftWatch | None = None,
-                 live: LiveStats | None = None) -> None:
+                 live: LiveStats | None = None, triton_traces: TraceBudget | None = None) -> None:
         self.preprocess, self.triton, self.postprocess = preprocess, triton, postprocess
         self.models, self.drift, self.live = models, drift, live
+        self.triton_traces = triton_traces  # how many sampled requests a second Triton traces too
         self._served: dict[str, str] = {}  # last version reported to rts_served_version, per model
         self._mirrors: set[asyncio.Task] = set()
 
@@ -64,8 +65,9 @@ class InferencePipeline:
                 await _inject(route.fault)
             with stage("triton", model) as span:
                 # traceparent rides with the call only for sampled requests: Triton's spans join this trace.
+                headers = triton_headers(budget=self.triton_traces)
                 try:
-                    result = await self.triton.infer(model, rows, route.version, triton_headers())
+                    result = await self.triton.infer(model, rows, route.version, headers)
                 except ServingError as exc:
                     if not (route.version and not route.pinned and exc.code == "unknown_model"):
                         raise
@@ -73,7 +75,7 @@ class InferencePipeline:
                     # refreshed once a second): production answers instead of failing the request.
                     log.info("%s version %s is gone; production answers", model, route.version)
                     metrics.record_route_fallback(model)
-                    result = await self.triton.infer(model, rows, "", triton_headers())
+                    result = await self.triton.infer(model, rows, "", headers)
                 span.set_attribute("rts.model_version", str(result.version))
         except ServingError as exc:
             if self.live is not None and exc.status >= 500 and route.version:

@@ -266,3 +266,37 @@ def test_triton_is_sent_the_context_of_sampled_requests_only(monkeypatch):
             headers = tracing.triton_headers()
             assert bool(headers) is expect
             assert tracing.sampled(headers) is expect
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_trace_budget_lets_through_at_most_its_rate_and_refills():
+    clock = FakeClock()
+    budget = tracing.TraceBudget(5, clock=clock)
+    assert [budget.take() for _ in range(7)] == [True] * 5 + [False] * 2  # one second's worth, then none
+    clock.now += 0.4
+    assert [budget.take() for _ in range(3)] == [True, True, False]  # 0.4 s refills two
+    clock.now += 60
+    assert sum(budget.take() for _ in range(20)) == 5  # never more than one second's worth saved up
+    assert all(tracing.TraceBudget(0).take() for _ in range(1000))  # 0: no limit
+
+
+def test_sampled_requests_over_the_triton_budget_go_without_context_and_say_so():
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("t")
+    budget = tracing.TraceBudget(2, clock=FakeClock())
+    sent = []
+    for _ in range(3):
+        with tracer.start_as_current_span("triton"):
+            sent.append(tracing.triton_headers(budget=budget))
+    assert [tracing.sampled(h) for h in sent] == [True, True, False] and sent[2] == {}
+    attrs = [dict(s.attributes or {}) for s in exporter.get_finished_spans()]
+    assert [a.get("rts.triton_traced") for a in attrs] == [None, None, False]
