@@ -44,6 +44,9 @@ class TritonSettings(Section):
     trace_rate: int | None = Field(
         None, ge=1, description="With tracing on, Triton also starts a trace for 1 in N requests that come without "
         "a trace context (direct callers). Unset: it traces only requests its caller sampled (the gateway's).")
+    trace_max_per_s: float = Field(
+        20.0, ge=0, description="With tracing on, each gateway replica asks Triton to trace at most this many sampled "
+        "requests a second (Triton crashes when its span queue overflows, server#7795); 0: every sampled request")
     host: str = Field("127.0.0.1", description="Bind address of the bundled tritonserver")
     http_port: int = Field(8100, description="Bundled tritonserver HTTP port (Serve owns 8000)")
     grpc_port: int = Field(8101, description="Bundled tritonserver gRPC port")
@@ -104,6 +107,9 @@ class ListenerSettings(Section):
     subscription: str | None = Field(None, description="projects/P/subscriptions/S (source pubsub)")
     debounce_s: float = Field(3.0, ge=0, description="events this close together make one run")
     max_wait_s: float = Field(30.0, gt=0, description="a burst never delays its run longer than this")
+    retry_attempts: int = Field(3, ge=1, description="runs in all for events whose run failed on a server that "
+                                "was away (object store, Triton, Jobs API); 1: never again")
+    retry_backoff_s: float = Field(30.0, ge=0, description="wait before running such events again; doubles")
 
 
 class LauncherSettings(Section):
@@ -117,6 +123,7 @@ class LauncherSettings(Section):
 
 class RetrainSettings(Section):
     workers: int = Field(1, ge=1, description="Ray Train data-parallel workers (1 on a laptop, more on a cluster)")
+    max_file_mb: int = Field(256, ge=1, description="an incoming data file larger than this is rejected unread")
     worker_cpus: float = Field(0.5, gt=0, description="CPUs reserved per Ray Train worker")
     storage_path: str | None = Field(None, description="Ray Train storage (shared/cloud on a multi-node cluster); "
                                      "default <var_dir>/ray_train")
