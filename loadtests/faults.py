@@ -328,29 +328,35 @@ def drop_poison_and_a_duplicate(stack: Stack) -> dict:
             "duplicate_at": time.time()}
 
 
-def duplicate_acknowledged(stack: Stack, done: dict) -> bool:
-    log = stack.listener.log_file.read_text() if stack.listener is not None else ""
-    return "already acted on; acknowledging" in log and time.time() - done["duplicate_at"] > 3 and healthy(stack)
+DUPLICATE_SETTLE_S = 10.0  # the listener polls every 0.5 s and debounces 3 s: a second run would have started
+
+
+def duplicate_settled(stack: Stack, done: dict) -> bool:
+    return time.time() - done["duplicate_at"] > DUPLICATE_SETTLE_S and healthy(stack)
 
 
 def poison_rejected_duplicate_ignored(stack: Stack, done: dict) -> str:
     root = Path(stack.settings.data_uri.removeprefix("file://")) / "datasets" / "digits"
     reports = {}
     for name in done["poison"]:
+        shown = name.split("-", 1)[1]  # without the time stamp
         report = root / "rejected" / f"{name}.report.json"
         if report.exists():
-            reports[name] = "; ".join(json.loads(report.read_text())["reasons"])[:70]
+            reports[shown] = "rejected: " + "; ".join(json.loads(report.read_text())["reasons"])[:60]
         elif (root / "incoming" / name).exists():
-            reports[name] = "left in incoming/, never a run's" if not name.endswith(".npz") else "WRONG: still incoming"
+            reports[shown] = "left in incoming/, never a run's" if not name.endswith(".npz") else "WRONG: still incoming"
     stray = f"datasets/no-such-model/incoming/{done['poison'][0].split('-', 1)[0]}.npz"
-    reports["unknown-model"] = f"{len(runs_for(stack, stray))} runs"
+    reports["a model nobody serves"] = f"{len(runs_for(stack, stray))} runs"
     runs = runs_for(stack, done["key"])
     restarts = (read_status(stack.supervisor.status_file).get("listener") or {}).get("restarts")
     ok = (len(runs) == 1 and stack.listener.pid == done["listener_pid"]
           and all(not r.startswith("WRONG") for r in reports.values()) and len(reports) == len(done["poison"]) + 1
-          and reports["unknown-model"] == "0 runs")
-    return (f"{len(runs)} run for the good file and its duplicate; listener restarts {restarts}; "
-            + "; ".join(f"{n.split('-', 1)[-1]}: {r}" for n, r in reports.items())
+          and reports["a model nobody serves"] == "0 runs")
+    log = stack.listener.log_file.read_text() if stack.listener is not None else ""
+    how = ("the listener acknowledged it as already acted on" if "already acted on; acknowledging" in log
+           else "the source never handed it out again (same event id, already acknowledged)")
+    return (f"{len(runs)} run for the good file and its duplicate ({how}); listener restarts {restarts}; "
+            + "; ".join(f"{n}: {r}" for n, r in reports.items())
             + ("" if ok else "; WRONG"))
 
 
@@ -370,7 +376,7 @@ FAULTS: dict[str, Fault] = {f.name: f for f in (
           runs_lost_or_doubled),
     Fault("poison-and-duplicate", "poison files (truncated, unsupported, over the size limit) beside a good one, "
           "then the good one's event again", lambda s: deploy(s, FUSED, {"Ingress": 1}),
-          drop_poison_and_a_duplicate, duplicate_acknowledged, poison_rejected_duplicate_ignored),
+          drop_poison_and_a_duplicate, duplicate_settled, poison_rejected_duplicate_ignored),
     Fault("object-store-mid-publish", "kill -9 the S3 server (model repository) while a run publishes; "
           f"back after {OBJECT_STORE_DOWN_S:.0f} s", lambda s: deploy(s, FUSED, {"Ingress": 1}),
           kill_object_store_mid_publish, object_store_back_and_run_published, half_version_never_served),
