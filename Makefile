@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha1sum | cut -c1-12)
 
-.PHONY: venv tools models up down test test-unit test-integration test-faults scan bench skew loadtest clean
+.PHONY: venv tools models up down test test-unit test-integration test-faults scan bench skew loadtest package clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
@@ -46,6 +46,9 @@ LOOPBACK_ONLY := $(shell [ "$$(id -u)" = 0 ] && unshare -n true 2>/dev/null && e
 test-faults: venv  ## the whole fault matrix under bounded load: table + plot -> loadtests/results/faults-*/
 	$(if $(LOOPBACK_ONLY),$(LOOPBACK_ONLY) bash -c 'ip link set lo up 2>/dev/null; $(PY) -m loadtests.faults',$(PY) -m loadtests.faults)
 
+package: venv  ## serverless artefacts: AWS Lambda zip + Cloud Functions gen2 folder -> dist/serverless/ (Lambda's wheels from PyPI)
+	$(PY) -m services.retraining.artefacts --out dist/serverless
+
 scan:  ## checkov over infra/ in its own venv (.venv-scan/); fails on a finding infra/.checkov.yaml does not explain
 	infra/scan.sh
 
@@ -63,4 +66,4 @@ loadtest: venv  ## Locust profile (ci|ramp|spike|soak) headless against a runnin
 	$(PY) -m loadtests.run --profile $(PROFILE) --host http://127.0.0.1:8000 --dashboard http://127.0.0.1:8265
 
 clean:
-	rm -rf var loadtests/results
+	rm -rf var loadtests/results dist

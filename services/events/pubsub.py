@@ -43,8 +43,6 @@ import re
 import time
 from typing import Any
 
-from google.cloud import pubsub_v1
-
 from services.events.base import (RETRAIN_REQUESTED, CloudEvent, EventSource, ReceivedEvent, SourceNotConfigured,
                                   object_created, register_source, retrain_requested)
 from services.telemetry.propagation import MappingGetter, first_trace_fields
@@ -110,6 +108,9 @@ class PubSubEventSource(EventSource):
 
     def __init__(self, subscription: str, *, subscriber: Any = None, max_outstanding: int = 100,
                  max_lease_s: int = 3600, lease_extension_s: int = 0) -> None:
+        # Imported here: the parsing above serves the serverless adapters, which do without google-cloud-pubsub.
+        from google.cloud import pubsub_v1
+
         self.subscription = subscription
         self.source = f"//pubsub.googleapis.com/{subscription}"
         self.subscriber = subscriber or pubsub_v1.SubscriberClient()

@@ -18,7 +18,6 @@ import warnings
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from services.errors import InvalidInput, PayloadTooLarge, ServingError
@@ -46,6 +45,9 @@ def decode_gray(data: bytes, max_pixels: int) -> np.ndarray:
 
     The pixel limit is checked from the header, so a decompression bomb is never decoded.
     """
+    # Imported here: what only names model packages (the serverless adapters) does without Pillow.
+    from PIL import Image, UnidentifiedImageError
+
     if not data:
         raise InvalidInput("the image file is empty", code="empty_file")
     try:

@@ -22,7 +22,6 @@ import uuid
 from typing import Any, Mapping
 
 import boto3
-from google.cloud import pubsub_v1
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.events.base import OBJECT_CREATED, RETRAIN_REQUESTED, CloudEvent, retrain_requested
@@ -81,7 +80,10 @@ def write_request(store: ObjectStore, event: CloudEvent, background: bool = Fals
 def publish_retrain_request(topic_path: str, model: str, reason: str, *, force: bool = False, publisher: Any = None,
                             timeout_s: float = 30.0) -> str:
     """Ask for a run over Pub/Sub: the event as JSON, trace context in the attributes. Returns the message id."""
-    publisher = publisher or pubsub_v1.PublisherClient()
+    if publisher is None:
+        from google.cloud import pubsub_v1  # here: the serverless adapters import this module without it
+
+        publisher = pubsub_v1.PublisherClient()
     event = retrain_request(model, reason, source=f"//pubsub.googleapis.com/{topic_path}", force=force)
     future = publisher.publish(topic_path, event.model_dump_json().encode(), **trace_carrier())
     return future.result(timeout=timeout_s)

@@ -18,24 +18,60 @@ give at-least-once delivery; runs dedupe by event id.
 
 Configuration: ``RTS_RAY_DASHBOARD_URL`` (the Ray Jobs API, e.g. ``http://ray-head:8265``) and the
 settings the run needs (``RTS_DATA_URI``, ``RTS_MODEL_REPOSITORY_URI``, ``RTS_TRITON_URL``,
-``RTS_MODELS``), which are passed on to the job.
+``RTS_MODELS``, ``RTS_VAR_DIR`` as the cluster has it), which are passed on to the job.
+
+Packaged (``make package``, ``services.retraining.artefacts``), the adapters carry no model package: the
+build writes what they need of each one (name, data suffixes) to ``rts-models.json`` beside the code,
+so a Lambda never imports a model's training libraries. Without that file (this repository, a host
+that has the packages) they load the packages as everything else does.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
 
 from services.events.base import CloudEvent
 from services.events.serverless import event_from_google_cloud_event, events_from_lambda_event
+from services.modelkit import ModelPackage
 from services.modelkit.discovery import load_models
 from services.retraining.jobs import submit_run
 from services.retraining.requests import model_of
-from services.settings import get_settings
+from services.settings import REPO_ROOT, Settings, get_settings
 
 log = logging.getLogger("retraining.serverless")
 
 SubmitRetraining = Callable[[str, list[CloudEvent]], str]  # (model, events) -> run id
+MODELS_MANIFEST = REPO_ROOT / "rts-models.json"  # in a packaged artefact only
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """What the adapters need of a model package (``model_of``), as an artefact was built with it."""
+
+    name: str
+    import_path: str
+    data_suffixes: tuple[str, ...]
+
+
+def models_manifest(models: Mapping[str, ModelPackage]) -> list[dict[str, Any]]:
+    """The contents of ``rts-models.json`` for these packages (written by the artefact build)."""
+    return [{"name": name, "import_path": package.import_path, "data_suffixes": list(package.data_suffixes)}
+            for name, package in models.items()]
+
+
+def models_here(settings: Settings) -> Mapping[str, ModelPackage | PackagedModel]:
+    """The models events may ask for: from the artefact's manifest when packaged, else the packages."""
+    if not MODELS_MANIFEST.exists():
+        return load_models(settings)
+    built = [PackagedModel(m["name"], m["import_path"], tuple(m["data_suffixes"]))
+             for m in json.loads(MODELS_MANIFEST.read_text())]
+    if settings.models and list(settings.models) != [m.import_path for m in built]:
+        raise ValueError(f"RTS_MODELS is {list(settings.models)} but this artefact was built for "
+                         f"{[m.import_path for m in built]}: build it again with the same RTS_MODELS")
+    return {m.name: m for m in built}
 
 
 def submit_to_ray_jobs(model: str, events: list[CloudEvent]) -> str:
@@ -44,7 +80,7 @@ def submit_to_ray_jobs(model: str, events: list[CloudEvent]) -> str:
 
 def start_runs(events: list[CloudEvent], submit_retraining: SubmitRetraining | None = None) -> dict[str, Any]:
     """One run per model the events ask for. Returns ``{"runs": {model: run_id}, "events", "skipped"}``."""
-    models = load_models(get_settings())
+    models = models_here(get_settings())
     by_model: dict[str, list[CloudEvent]] = {}
     skipped = []
     for event in events:

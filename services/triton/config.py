@@ -16,24 +16,37 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from google.protobuf import text_format
-from tritonclient.grpc import model_config_pb2
+if TYPE_CHECKING:
+    from tritonclient.grpc import model_config_pb2
 
 CONFIG_NAME = "config.pbtxt"
 
 
+def _protos():
+    """tritonclient's ModelConfig messages, imported on first use: a process that only names model packages
+    (the serverless adapters deciding which model an event is for) does without tritonclient and grpc."""
+    from tritonclient.grpc import model_config_pb2
+
+    return model_config_pb2
+
+
 def parse_config(text: str) -> model_config_pb2.ModelConfig:
-    return text_format.Parse(text, model_config_pb2.ModelConfig())
+    from google.protobuf import text_format
+
+    return text_format.Parse(text, _protos().ModelConfig())
 
 
 def format_config(config: model_config_pb2.ModelConfig) -> str:
+    from google.protobuf import text_format
+
     return text_format.MessageToString(config)
 
 
 def _datatype(data_type: int) -> str:
     """TYPE_FP32 -> "FP32", the name the inference protocols use."""
-    return model_config_pb2.DataType.Name(data_type).removeprefix("TYPE_").replace("STRING", "BYTES")
+    return _protos().DataType.Name(data_type).removeprefix("TYPE_").replace("STRING", "BYTES")
 
 
 @dataclass(frozen=True)

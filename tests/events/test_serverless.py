@@ -186,7 +186,7 @@ def test_default_submitter_starts_a_ray_job(s3_notification, monkeypatch, tmp_pa
             submitted.update(kwargs)
             return kwargs["submission_id"]
 
-    monkeypatch.setattr(jobs, "JobSubmissionClient", FakeJobClient)
+    monkeypatch.setattr(jobs, "RayJobs", FakeJobClient)  # the Jobs REST API itself: tests/unit/test_jobs.py
     monkeypatch.setenv("RTS_RAY_DASHBOARD_URL", "http://ray-head.example:8265")
     monkeypatch.setenv("RTS_VAR_DIR", str(tmp_path))
     get_settings.cache_clear()
