@@ -114,6 +114,9 @@ class ProfileShape(LoadTestShape):
     """Replays the chosen profile's stages, then stops the test."""
 
     def tick(self):
+        stop_file = os.environ.get("LOADTEST_STOP_FILE")
+        if stop_file and os.path.exists(stop_file):
+            return None  # asked to end early: Locust stops its users and writes its reports, as at a profile's end
         name = self.runner.environment.parsed_options.load_profile if self.runner.environment.parsed_options else "ci"
         run_time = self.get_run_time()
         for start, end, stage in timeline(PROFILES[name]):

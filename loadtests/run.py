@@ -23,7 +23,6 @@ import argparse
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -201,7 +200,10 @@ def run_profile(profile: str, host: str, dashboard: str, out: Path, app: str = "
     cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", host,
            "--load-profile", profile, "--csv", str(out / "locust"), "--csv-full-history", "--html", str(out / "report.html"),
            "--stop-timeout", "10", "--only-summary", "--loglevel", "WARNING"]
-    env = {**os.environ, **(env or {}), "LOADTEST_TIMINGS": str(timings_path), "PYTHONPATH": str(REPO_ROOT)}
+    stop_file = out / "stop"
+    stop_file.unlink(missing_ok=True)
+    env = {**os.environ, **(env or {}), "LOADTEST_TIMINGS": str(timings_path), "PYTHONPATH": str(REPO_ROOT),
+           "LOADTEST_STOP_FILE": str(stop_file)}
     proc = subprocess.Popen(cmd, env=env, stdout=open(out / "locust.log", "w"), stderr=subprocess.STDOUT,
                             start_new_session=True)
     stopping_since = None
@@ -216,8 +218,9 @@ def run_profile(profile: str, host: str, dashboard: str, out: Path, app: str = "
             done = sum(1 for _ in timings_path.open()) if timings_path.exists() else 0
             print(f"[load] {profile}: {elapsed:5.0f}/{total_s} s, {done} requests", flush=True)
             if stopping_since is None and (elapsed > total_s + 90 or stop_early.is_set()):
-                # SIGINT: Locust stops its users and writes its reports (SIGTERM kills it when a shape runs).
-                proc.send_signal(signal.SIGINT)
+                # The shape ends the test when the stop file appears (Locust stops its users and writes its
+                # reports); a SIGINT to a headless Locust running a shape did not stop its users (seen with 2.47).
+                stop_file.touch()
                 stopping_since = time.monotonic()
             elif stopping_since is not None and time.monotonic() - stopping_since > 60:  # reports written; a busy box is slow
                 proc.kill()
