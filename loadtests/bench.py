@@ -27,6 +27,7 @@ traffic by definition, and the drift watch would (rightly) request a retraining 
 competes with the measurement for the same two cores.
 
 Writes ``loadtests/results/bench-<time>/`` with ``results.json``, ``results.md`` and ``bench.png``.
+``make bench`` then runs ``loadtests/bench_peers.py`` (KServe, BentoML, Triton alone) into its ``peers/``.
 """
 
 from __future__ import annotations
@@ -99,18 +100,20 @@ class CpuMeter:
         return used
 
 
-def make_bodies(out: Path) -> dict[str, tuple[Path, str]]:
-    """One held-out digit as a 28x28 PNG (gateway) and as its 64 features (Triton direct)."""
-    pixels = load_split().holdout.x[0]
-    png = render(pixels, FileVariant(28, "PNG", dark_ink=True))
+def holdout_png(index: int = 0) -> bytes:
+    """Held-out digit `index` as a 28x28 PNG, dark ink on light paper (what users send)."""
+    return render(load_split().holdout.x[index], FileVariant(28, "PNG", dark_ink=True))
+
+
+def features_body(png: bytes) -> tuple[bytes, str]:
+    """Triton's HTTP /v2 infer body of the image's 64 features (the floor: no pre/post in the server)."""
     features = load_package("services.models.digits").from_image(png)
-    boundary = uuid.uuid4().hex
-    multipart = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"d.png\"\r\n"
-                 f"Content-Type: image/png\r\n\r\n").encode() + png + f"\r\n--{boundary}--\r\n".encode()
-    triton = json.dumps({"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 64],
-                                     "data": [float(v) for v in features]}]}).encode()
-    bodies = {"gateway": (multipart, f"multipart/form-data; boundary={boundary}"),
-              "triton": (triton, "application/json")}
+    return json.dumps({"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 64],
+                                   "data": [float(v) for v in features]}]}).encode(), "application/json"
+
+
+def write_bodies(out: Path, bodies: dict[str, tuple[bytes, str]]) -> dict[str, tuple[Path, str]]:
+    """Each body into ``out/body-<name>.bin`` (wrk reads it from there): name -> (path, content type)."""
     out.mkdir(parents=True, exist_ok=True)
     files = {}
     for name, (data, ctype) in bodies.items():
@@ -118,6 +121,16 @@ def make_bodies(out: Path) -> dict[str, tuple[Path, str]]:
         path.write_bytes(data)
         files[name] = (path, ctype)
     return files
+
+
+def make_bodies(out: Path) -> dict[str, tuple[Path, str]]:
+    """One held-out digit as a 28x28 PNG (gateway) and as its 64 features (Triton direct)."""
+    png = holdout_png()
+    boundary = uuid.uuid4().hex
+    multipart = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"d.png\"\r\n"
+                 f"Content-Type: image/png\r\n\r\n").encode() + png + f"\r\n--{boundary}--\r\n".encode()
+    return write_bodies(out, {"gateway": (multipart, f"multipart/form-data; boundary={boundary}"),
+                              "triton": features_body(png)})
 
 
 def run_wrk(target: Target, concurrency: int, duration_s: int, warmup_s: int,
@@ -162,7 +175,8 @@ def to_markdown(results: list[Measurement], floor: str = "triton-direct") -> str
     return "\n".join(lines) + "\n"
 
 
-def plot(results: list[Measurement], path: Path) -> None:
+def plot(results: list[Measurement], path: Path,
+         title: str = "Triton direct vs gateway (same digit, same run)") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -177,12 +191,12 @@ def plot(results: list[Measurement], path: Path) -> None:
         by_c = {m.concurrency: m for m in results if m.target == t}
         for ax, attr in zip(axes, ("p50_ms", "p99_ms", "rps")):
             ax.bar(xs, [getattr(by_c[c], attr) if c in by_c else 0 for c in concurrencies], width, label=t)
-    for ax, title in zip(axes, ("p50 latency (ms)", "p99 latency (ms)", "throughput (req/s)")):
-        ax.set_title(title)
+    for ax, heading in zip(axes, ("p50 latency (ms)", "p99 latency (ms)", "throughput (req/s)")):
+        ax.set_title(heading)
         ax.set_xticks([j + width * (len(targets) - 1) / 2 for j in range(len(concurrencies))])
         ax.set_xticklabels([f"c={c}" for c in concurrencies])
     axes[0].legend(fontsize=8)
-    fig.suptitle("Triton direct vs gateway (same digit, same run)")
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -212,6 +226,16 @@ def bench_baseline(stack: Stack, args, bodies, out: Path) -> list[Measurement]:
         return [report(run_wrk(target, c, args.duration, args.warmup, cpu)) for c in args.concurrency]
 
 
+def bench_settings(out: Path) -> Settings:
+    """The bench's stack: its state under ``out/var``, every port free, no retraining listener (see the module
+    docstring), Ray's temp dir short and outside the repository."""
+    http, grpc, metrics, gcs, dashboard, serve, launcher = free_ports(7)
+    return Settings(
+        var_dir=out / "var", triton={"http_port": http, "grpc_port": grpc, "metrics_port": metrics},
+        ray={"gcs_port": gcs, "dashboard_port": dashboard, "temp_dir": Path(f"/tmp/rts-bench-{os.getpid()}")},
+        serve={"http_port": serve}, launcher={"metrics_port": launcher}, listener={"enabled": False})
+
+
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description="Triton direct vs gateway benchmark")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
@@ -227,12 +251,8 @@ def main(argv: list[str] | None = None) -> Path:
 
     out = args.out or REPO_ROOT / "loadtests" / "results" / time.strftime("bench-%Y%m%d-%H%M%S")
     bodies = make_bodies(out)
-    var_dir = out / "var"
-    http, grpc, metrics, gcs, dashboard, serve, launcher = free_ports(7)
-    settings = Settings(
-        var_dir=var_dir, triton={"http_port": http, "grpc_port": grpc, "metrics_port": metrics},
-        ray={"gcs_port": gcs, "dashboard_port": dashboard, "temp_dir": Path(f"/tmp/rts-bench-{os.getpid()}")},
-        serve={"http_port": serve}, launcher={"metrics_port": launcher}, listener={"enabled": False})  # see the module docstring
+    settings = bench_settings(out)
+    var_dir = settings.var_dir
     results: list[Measurement] = []
     config_for = {"composed": CONFIGS / "inference.yaml", "fused": CONFIGS / "inference-fused.yaml"}
     with Stack(settings, config_for[args.layouts[0]], say=lambda m: print(f"[stack] {m}", flush=True)) as stack:
