@@ -23,6 +23,8 @@ PROFILES: dict[str, list[Stage]] = {
     # Spike: idle, then a burst every few minutes, idle in between (scale up, then back down).
     "spike": [Stage(60, 1, 1), Stage(30, 64, 32), Stage(150, 1, 32), Stage(30, 64, 32), Stage(150, 1, 32),
               Stage(30, 64, 32), Stage(120, 1, 32)],
+    # Spike, short: idle, one burst, idle again (loadtests/nodes.py: worker nodes added with it, removed after it).
+    "spike-short": [Stage(10, 1, 1), Stage(40, 24, 24), Stage(50, 1, 24)],
     # Rollout: steady traffic with feedback while a candidate earns its way (the caller stops it early).
     "rollout": [Stage(5, 6, 6), Stage(1195, 6, 6)],
     # Faults: steady load while something is killed (loadtests/faults.py stops it after recovery).

@@ -76,6 +76,11 @@ class RaySettings(Section):
         None, description="Ray Jobs API of an existing cluster (http://ray-head:8265), for the listener, the CLI "
         "and serverless adapters; unset: the head `make up` starts on dashboard_port")
     temp_dir: Path = Field(Path("/tmp/rts-ray"), description="Ray's --temp-dir; keep it short and outside the repo")
+    worker_nodes: int = Field(0, ge=0, description="Ray worker nodes `make up` starts beside the head on this machine "
+                              "(raylets of their own on 127.0.0.1, in the head's temp dir): Serve replicas then run "
+                              "on them only, spread out, and the head keeps retraining; 0: everything on the head")
+    worker_node_cpus: int = Field(1, ge=1, description="logical CPUs each of those worker nodes offers to Ray (a "
+                                  "scheduling count, not a limit: every node shares this machine's real cores)")
 
     @property
     def jobs_url(self) -> str:
@@ -124,7 +129,14 @@ class LauncherSettings(Section):
 class RetrainSettings(Section):
     workers: int = Field(1, ge=1, description="Ray Train data-parallel workers (1 on a laptop, more on a cluster)")
     max_file_mb: int = Field(256, ge=1, description="an incoming data file larger than this is rejected unread")
-    worker_cpus: float = Field(0.5, gt=0, description="CPUs reserved per Ray Train worker")
+    worker_cpus: float = Field(0.5, ge=0, description="logical CPUs each Ray Train worker asks for besides one unit "
+                               "of the `training` resource; 0: the unit alone (Kubernetes' training pods offer no CPU "
+                               "to Ray, one `training` unit per core)")
+    worker_nice: int = Field(19, ge=0, le=19, description="niceness of every thread of a Ray Train worker, whose "
+                             "BLAS/OpenMP threads are also capped at max(1, worker_cpus): on a machine that also "
+                             "serves, training yields the real cores to serving. Ray runs every worker process, Serve "
+                             "replicas included, at 15 (its worker_niceness), so only 16-19 put training below serving; "
+                             "0: as Ray left them, no cap")
     storage_path: str | None = Field(None, description="Ray Train storage (shared/cloud on a multi-node cluster); "
                                      "default <var_dir>/ray_train")
     metric_tolerance: float = Field(0.01, ge=0, description="holdout gate: allowed relative loss of the model's "

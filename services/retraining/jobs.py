@@ -88,6 +88,19 @@ def job_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+THREAD_CAPS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def thread_caps(settings: Settings) -> dict[str, str]:
+    """A run's BLAS/OpenMP threads per process at the logical CPUs of a Ray Train worker (at least one), read when
+    each of the run's processes starts (the job's runtime_env reaches its Ray Train workers); none when
+    ``RTS_RETRAIN_WORKER_NICE`` is 0 (the run may take what it finds)."""
+    if settings.retrain.worker_nice <= 0:
+        return {}
+    threads = str(max(1, int(settings.retrain.worker_cpus)))
+    return {name: threads for name in THREAD_CAPS}
+
+
 def submit_run(settings: Settings, model: str, events: list[CloudEvent], run_id: str | None = None) -> str:
     """Store the run's request, then submit it as a Ray Job. Returns the run id."""
     run_id = run_id or new_run_id()
@@ -95,7 +108,7 @@ def submit_run(settings: Settings, model: str, events: list[CloudEvent], run_id:
     Records(data_store(settings)).save_request(run_id, request.model_dump(mode="json"))
     RayJobs(settings.ray.jobs_url).submit_job(
         entrypoint=f"python -m services.retraining.run --run-id {run_id}", submission_id=run_id,
-        runtime_env={"env_vars": job_env(settings)},
+        runtime_env={"env_vars": {**thread_caps(settings), **job_env(settings)}},
         metadata={"kind": "retraining", "model": model, "events": str(len(events))})
     return run_id
 

@@ -541,7 +541,12 @@ class Controller:
                     self.records.store.delete(old)
 
 
-@ray.remote(num_cpus=0, max_restarts=-1)
+# The head node's own resource, as Serve pins its controller: the cluster's one controller lives on the head, never on
+# a worker node the autoscaler would then never find idle (a live actor keeps its node busy) or could take away.
+ON_HEAD = {"node:__internal_head__": 0.001}
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, resources=ON_HEAD)
 class RolloutController:
     """The Ray actor hosting ``Controller``: a tick per second per model, calls served between ticks."""
 

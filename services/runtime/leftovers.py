@@ -1,7 +1,9 @@
 """What an earlier ``rts up`` left behind, found before a start and ended by ``rts down``.
 
 ``rts up`` records itself and every child it starts in ``<var_dir>/run/stack.json`` (pid and start
-time, so a pid the OS hands to another process later is never mistaken for ours). Before a start,
+time, so a pid the OS hands to another process later is never mistaken for ours): Triton, the Ray head,
+each Ray worker node (``RTS_RAY_WORKER_NODES``, one session each, in the head's temp dir), the listener;
+nodes Ray's autoscaler adds live in the head's session and end with it. Before a start,
 ``find_leftovers`` looks for what would make the start fail or fight an old stack:
 
 - a launcher or child recorded in that file that still runs;

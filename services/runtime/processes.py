@@ -55,7 +55,7 @@ def stop_process(proc: subprocess.Popen, timeout_s: float = 15.0) -> None:
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             proc.poll()  # reap it, so it is not a zombie member
-            if not _session_members(proc.pid):
+            if not session_members(proc.pid):
                 return
             time.sleep(0.1)
 
@@ -65,14 +65,14 @@ def _signal_session(sid: int, sig: int) -> None:
         os.killpg(sid, sig)
     except ProcessLookupError:
         pass
-    for pid in _session_members(sid):
+    for pid in session_members(sid):
         try:
             os.kill(pid, sig)
         except ProcessLookupError:
             pass
 
 
-def _session_members(sid: int) -> list[int]:
+def session_members(sid: int) -> list[int]:
     """Live (non-zombie) processes whose session id is `sid`."""
     members = []
     for entry in Path("/proc").iterdir():
@@ -100,7 +100,12 @@ def start_time(pid: int) -> int | None:
 
 
 def session_alive(sid: int) -> bool:
-    return bool(_session_members(sid))
+    return bool(session_members(sid))
+
+
+def kill_session(sid: int) -> None:
+    """SIGKILL every process of session `sid` at once, no grace (a fault test's lost machine)."""
+    _signal_session(sid, signal.SIGKILL)
 
 
 def stop_session(sid: int, timeout_s: float = 15.0) -> None:
@@ -109,7 +114,7 @@ def stop_session(sid: int, timeout_s: float = 15.0) -> None:
         _signal_session(sid, sig)
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
-            if not _session_members(sid):
+            if not session_members(sid):
                 return
             time.sleep(0.1)
 

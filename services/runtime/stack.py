@@ -1,4 +1,5 @@
-"""The whole local system: Triton, a Ray head with the dashboard, the Serve application, the listener.
+"""The whole local system: Triton, a Ray head with the dashboard (and ``RTS_RAY_WORKER_NODES`` worker nodes
+beside it), the Serve application, the listener.
 
 ``make up`` runs ``rts up``, which is ``Stack(settings).run_forever()``; the integration tests use
 the same class on other ports, so what is tested is what users run.
@@ -7,6 +8,7 @@ the same class on other ports, so what is tested is what users run.
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import signal
 import sys
@@ -26,7 +28,8 @@ from services.retraining.jobs import job_env
 from services.retraining.run import build_first_version
 from services.runtime.leftovers import STATE_FILE, StackState, find_leftovers
 from services.runtime.processes import ManagedProcess, wait_until
-from services.runtime.ray_cluster import RayHead
+from services.runtime.ray_cluster import (SERVING, NodeAutoscaling, RayHead, RayWorkerNode, head_resources,
+                                          worker_node_resources)
 from services.runtime.supervisor import Supervisor
 from services.runtime.triton import TritonServer
 from services.settings import Settings
@@ -62,10 +65,30 @@ def ensure_models(settings: Settings, say: Callable[[str], None] = print) -> str
     return store.triton_repository_uri()
 
 
-def render_serve_config(source: Path, target: Path, *, http_port: int, env_vars: dict[str, str] | None = None) -> Path:
+def place_replicas(config: dict, worker_nodes: int) -> dict:
+    """With worker nodes, Serve replicas run on them only, spread out: each replica asks for one unit of ``serving``
+    (worker nodes offer it, the head does not: the head keeps Serve's controller, HAProxy and retraining), and a
+    deployment of up to M replicas gets Serve's ``max_replicas_per_node`` = ceil(M / N), so with two or more nodes
+    no node holds all of them. A node lost with replicas at M comes back only where a node has room left: keep a
+    spare node (N > M) to have them back at once. Deployments the config does not list keep their code's options."""
+    if worker_nodes <= 0:
+        return config
+    for app in config.get("applications", []):
+        for deployment in app.get("deployments", []):
+            options = deployment.setdefault("ray_actor_options", {})
+            options["resources"] = {SERVING: 1, **(options.get("resources") or {})}
+            most = (deployment.get("autoscaling_config") or {}).get("max_replicas", deployment.get("num_replicas", 1))
+            if isinstance(most, int):
+                deployment["max_replicas_per_node"] = max(1, math.ceil(most / worker_nodes))
+    return config
+
+
+def render_serve_config(source: Path, target: Path, *, http_port: int, env_vars: dict[str, str] | None = None,
+                        worker_nodes: int = 0) -> Path:
     """Copy a Serve config with this stack's HTTP port filled in.
 
-    ``env_vars`` go into each application's ``runtime_env`` (e.g. OTEL_* to trace one deployment).
+    ``env_vars`` go into each application's ``runtime_env`` (e.g. OTEL_* to trace one deployment);
+    ``worker_nodes`` (the stack's ``RTS_RAY_WORKER_NODES``) places the replicas on them (``place_replicas``).
     """
     config = yaml.safe_load(source.read_text())
     config.setdefault("http_options", {})["port"] = http_port
@@ -73,6 +96,7 @@ def render_serve_config(source: Path, target: Path, *, http_port: int, env_vars:
     for app in config.get("applications", []):
         if env_vars:
             app.setdefault("runtime_env", {}).setdefault("env_vars", {}).update(env_vars)
+    place_replicas(config, worker_nodes)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(yaml.safe_dump(config, sort_keys=False))
     return target
@@ -95,11 +119,15 @@ class Listener(ManagedProcess):
 
 
 class Stack:
-    """Triton, a Ray head, the Serve application and the listener: started in that order, stopped in the
-    reverse one. Triton and the listener are supervised (restarted with backoff when they crash)."""
+    """Triton, a Ray head (and its worker nodes), the Serve application and the listener: started in that order,
+    stopped in the reverse one. Triton and the listener are supervised (restarted with backoff when they crash).
+
+    ``autoscaling`` starts the head with Ray's autoscaler on the fake multi-node provider (worker nodes added and
+    removed on demand, on this machine; tests/integration/test_node_autoscaling.py)."""
 
     def __init__(self, settings: Settings, serve_config: Path | None = None, *, work_dir: Path | None = None,
-                 ray_temp_dir: Path | None = None, say: Callable[[str], None] = print) -> None:
+                 ray_temp_dir: Path | None = None, say: Callable[[str], None] = print,
+                 autoscaling: NodeAutoscaling | None = None) -> None:
         if settings.admin.token is None:
             # A fresh token per `make up`, printed once; set RTS_ADMIN_TOKEN to choose your own.
             admin = settings.admin.model_copy(update={"token": SecretStr(secrets.token_urlsafe(24))})
@@ -113,6 +141,8 @@ class Stack:
         self.ray_temp_dir = ray_temp_dir
         self.triton_repository: str | None = None
         self.ray: RayHead | None = None
+        self.worker_nodes: list[RayWorkerNode] = []
+        self.autoscaling = autoscaling
         self.state = StackState(self.work_dir / STATE_FILE)
         self._stopped: list[ManagedProcess] = []  # stop() twice says and does nothing the second time
         self.supervisor = Supervisor(settings.launcher, status_file=status_path(settings), say=self.say,
@@ -184,15 +214,26 @@ class Stack:
                      f"and :{self.settings.triton.grpc_port} (gRPC) ...")
             self._supervise("triton", self.new_triton)
             self.say(f"      Triton ready ({time.monotonic() - t0:.1f}s); log: {self.triton.log_file}")
-        self.say(f"[2/3] starting a Ray head (dashboard :{self.settings.ray.dashboard_port}) ...")
+        nodes = self.settings.ray.worker_nodes
+        self.say(f"[2/3] starting a Ray head (dashboard :{self.settings.ray.dashboard_port})"
+                 + (f" and {nodes} worker node{'s' * (nodes > 1)}" if nodes else "") + " ...")
         self.ray = RayHead(self.settings, log_file=self.work_dir / "ray-head.log", env=self.settings.to_env(),
-                           temp_dir=self.ray_temp_dir)
+                           temp_dir=self.ray_temp_dir, resources=head_resources(self.settings),
+                           autoscaling=self.autoscaling)
         self.ray.start()
         self.state.record("ray head", self.ray.pid)
-        self.say(f"      Ray ready ({time.monotonic() - t0:.1f}s); temp dir {self.ray.temp_dir}")
+        for index in range(1, nodes + 1):
+            node = RayWorkerNode(self.ray, index, num_cpus=self.settings.ray.worker_node_cpus,
+                                 resources=worker_node_resources(self.settings),
+                                 log_file=self.work_dir / f"ray-worker-{index}.log")
+            self.worker_nodes.append(node)  # known before it starts: a stop meanwhile ends it
+            node.start()
+            self.state.record(f"ray worker node {index}", node.pid)
+        self.say(f"      Ray ready ({time.monotonic() - t0:.1f}s); temp dir {self.ray.temp_dir}"
+                 + (f"; {nodes} worker node(s) take the Serve replicas, the head retraining" if nodes else ""))
         self.say(f"[3/3] deploying {self.serve_config.name} on :{self.settings.serve.http_port} ...")
         rendered = render_serve_config(self.serve_config, self.work_dir / "serve_config.yaml",
-                                       http_port=self.settings.serve.http_port)
+                                       http_port=self.settings.serve.http_port, worker_nodes=nodes)
         self.ray.serve_deploy(rendered)
         wait_until(self.healthy, timeout_s=120, what="gateway /healthz", interval_s=0.5)
         self.say(f"      serving {', '.join(load_models(self.settings))} ({time.monotonic() - t0:.1f}s)")
@@ -226,7 +267,9 @@ class Stack:
         unwinding. One child that will not stop never keeps the others running."""
         children = {name: self.supervisor.current(name) for name in ("listener", "triton")}
         self.supervisor.stop()
-        steps = [("listener", children["listener"]), ("Ray", self.ray), ("Triton", children["triton"])]
+        steps = [("listener", children["listener"]),
+                 *((node.what, node) for node in reversed(self.worker_nodes)),
+                 ("Ray", self.ray), ("Triton", children["triton"])]
         failed = []
         for what, process in steps:
             if process is None or process in self._stopped:
@@ -265,7 +308,9 @@ class Stack:
             self.start()
             self.say(
                 f"\ngateway    {self.gateway_url}  (try {self.gateway_url}/docs)\n"
-                f"dashboard  http://127.0.0.1:{self.settings.ray.dashboard_port}\n"
+                f"dashboard  http://127.0.0.1:{self.settings.ray.dashboard_port}"
+                + (f"  (Cluster: the head and {len(self.worker_nodes)} worker node(s))" if self.worker_nodes else "")
+                + "\n"
                 f"triton     {self.triton_url}\n"
                 f"admin      Authorization: Bearer {self.settings.admin.token.get_secret_value()}\n"
                 "Ctrl-C stops everything this command started."
