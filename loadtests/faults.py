@@ -9,7 +9,8 @@ Starts its own stack (``Stack``, as ``make up`` does) on free ports, then for ea
 Locust load (``USERS`` users of ``loadtests/locustfile.py``), injects the fault after ``BEFORE_S``,
 waits until the row says it recovered (at most ``RECOVER_CAP_S``), keeps the load on for
 ``AFTER_S`` more, and stops. Run it inside a loopback-only network namespace (``make test-faults``
-does, as root) so every packet stays on 127.0.0.1.
+does, as root) so every packet stays on 127.0.0.1. With the ``worker-node`` row selected, the stack starts
+with ``WORKER_NODES`` Ray worker nodes, and every row's Serve replicas run on them.
 
 Each row reports:
 
@@ -50,7 +51,7 @@ from services.modelkit.discovery import load_models
 from services.registry.records import Records
 from services.registry.repository import ModelRepository
 from services.runtime.processes import free_ports
-from services.runtime.stack import Stack, render_serve_config
+from services.runtime.stack import Stack, place_replicas, render_serve_config
 from services.settings import REPO_ROOT, Settings
 from services.storage import data_store, repository_store
 from services.telemetry.supervision import read_status
@@ -116,6 +117,7 @@ def deploy(stack: Stack, config: Path, replicas: dict[str, int]) -> None:
             if d["name"] in replicas:
                 d.pop("autoscaling_config", None)
                 d["num_replicas"] = replicas[d["name"]]
+    place_replicas(body, stack.settings.ray.worker_nodes)  # with worker nodes: on them, spread for these counts
     rendered.write_text(yaml.safe_dump(body, sort_keys=False))
     stack.ray.serve_deploy(rendered)
     deadline = time.monotonic() + 120
@@ -166,10 +168,13 @@ def drop_new_digits(stack: Stack) -> str:
     from services.models.digits.gates import shift_one_pixel
 
     split = load_split()
-    key = f"datasets/digits/incoming/fault-{int(time.time())}.npz"
+    key = f"datasets/digits/incoming/fault-{time.time_ns()}.npz"
     path = Path(stack.settings.data_uri.removeprefix("file://")) / key
     buf = io.BytesIO()
-    np.savez(buf, images=shift_one_pixel(split.train.x[:300]), labels=split.train.y[:300])
+    # Rows no earlier row sent (a file the model was trained on already would make its run "skipped").
+    rng = np.random.default_rng(time.time_ns() % 2**32)
+    images = np.clip(shift_one_pixel(split.train.x[:300]) + rng.uniform(0, 0.5, (300, 8, 8)), 0, 16)
+    np.savez(buf, images=images.astype(np.float32), labels=split.train.y[:300])
     path.parent.mkdir(parents=True, exist_ok=True)
     path.with_name(f".{path.name}.partial").write_bytes(buf.getvalue())
     path.with_name(f".{path.name}.partial").rename(path)
@@ -304,6 +309,7 @@ def drop_poison_and_a_duplicate(stack: Stack) -> dict:
     incoming = Path(stack.settings.data_uri.removeprefix("file://")) / "datasets" / "digits" / "incoming"
     stamp = int(time.time())
     listener_pid = stack.listener.pid
+    restarts = (read_status(stack.supervisor.status_file).get("listener") or {}).get("restarts", 0)
     for name, data in POISON.items():
         (incoming / f".{stamp}-{name}.partial").write_bytes(data)
         (incoming / f".{stamp}-{name}.partial").rename(incoming / f"{stamp}-{name}")
@@ -325,7 +331,7 @@ def drop_poison_and_a_duplicate(stack: Stack) -> dict:
     good.with_name(f".{good.name}.partial").write_bytes(data)  # the duplicate
     good.with_name(f".{good.name}.partial").rename(good)
     return {"key": key, "poison": [f"{stamp}-{n}" for n in POISON], "listener_pid": listener_pid,
-            "duplicate_at": time.time()}
+            "listener_restarts_before": restarts, "duplicate_at": time.time()}
 
 
 DUPLICATE_SETTLE_S = 10.0  # the listener polls every 0.5 s and debounces 3 s: a second run would have started
@@ -348,16 +354,48 @@ def poison_rejected_duplicate_ignored(stack: Stack, done: dict) -> str:
     stray = f"datasets/no-such-model/incoming/{done['poison'][0].split('-', 1)[0]}.npz"
     reports["a model nobody serves"] = f"{len(runs_for(stack, stray))} runs"
     runs = runs_for(stack, done["key"])
-    restarts = (read_status(stack.supervisor.status_file).get("listener") or {}).get("restarts")
+    restarts = ((read_status(stack.supervisor.status_file).get("listener") or {}).get("restarts", 0)
+                - done["listener_restarts_before"])
     ok = (len(runs) == 1 and stack.listener.pid == done["listener_pid"]
           and all(not r.startswith("WRONG") for r in reports.values()) and len(reports) == len(done["poison"]) + 1
           and reports["a model nobody serves"] == "0 runs")
     log = stack.listener.log_file.read_text() if stack.listener is not None else ""
     how = ("the listener acknowledged it as already acted on" if "already acted on; acknowledging" in log
            else "the source never handed it out again (same event id, already acknowledged)")
-    return (f"{len(runs)} run for the good file and its duplicate ({how}); listener restarts {restarts}; "
+    return (f"{len(runs)} run for the good file and its duplicate ({how}); listener restarts during the row {restarts}; "
             + "; ".join(f"{n}: {r}" for n, r in reports.items())
             + ("" if ok else "; WRONG"))
+
+
+WORKER_NODES = 3  # the matrix's stack when the worker-node row runs: two Ingress replicas, one node to spare
+
+
+def kill_worker_node(stack: Stack) -> dict:
+    """kill -9 every process of one worker node holding an Ingress replica (its raylet, agents and the replica at
+    once: a lost machine); Serve starts the replica again on a node left (at most one per node, one is free)."""
+    replicas = running_replicas(stack, "Ingress")
+    for node in stack.worker_nodes:
+        held = [r["pid"] for r in replicas if node.running and r.get("node_id") == node.node_id()]
+        if held:
+            node.kill()
+            return {"node": node.what, "node_id": node.node_id(), "replica_pids": held,
+                    "replicas_before": len(replicas), "nodes_before": len(stack.ray.alive_nodes())}
+    raise RuntimeError(f"no worker node of this stack holds an Ingress replica (RTS_RAY_WORKER_NODES="
+                       f"{stack.settings.ray.worker_nodes}): {[r.get('node_id') for r in replicas]}")
+
+
+def replicas_back_on_other_nodes(stack: Stack, done: dict) -> bool:
+    now = running_replicas(stack, "Ingress")
+    return (len(now) >= done["replicas_before"] and all(r.get("node_id") != done["node_id"] for r in now)
+            and healthy(stack))
+
+
+def where_replicas_run(stack: Stack, done: dict) -> str:
+    now = running_replicas(stack, "Ingress")
+    alive = {n["node_id"] for n in stack.ray.alive_nodes()}
+    return (f"nothing; the node is gone ({done['nodes_before']} -> {len(alive)} nodes), its replica replaced: "
+            f"{len(now)} replicas on {len({r.get('node_id') for r in now})} other node(s)"
+            + ("" if done["node_id"] not in alive else "; WRONG: the killed node is still alive"))
 
 
 FUSED, COMPOSED = CONFIGS / "inference-fused.yaml", CONFIGS / "inference.yaml"
@@ -380,6 +418,9 @@ FAULTS: dict[str, Fault] = {f.name: f for f in (
     Fault("object-store-mid-publish", "kill -9 the S3 server (model repository) while a run publishes; "
           f"back after {OBJECT_STORE_DOWN_S:.0f} s", lambda s: deploy(s, FUSED, {"Ingress": 1}),
           kill_object_store_mid_publish, object_store_back_and_run_published, half_version_never_served),
+    Fault("worker-node", f"kill -9 a Ray worker node holding one of two ingress replicas ({WORKER_NODES} worker "
+          "nodes, fused layout)", lambda s: deploy(s, FUSED, {"Ingress": 2}), kill_worker_node,
+          replicas_back_on_other_nodes, where_replicas_run),
 )}
 
 
@@ -495,14 +536,16 @@ def write_report(rows: list[RowResult], out: Path) -> None:
     plot(rows, out / "faults.png")
 
 
-def fault_settings(var_dir: Path, s3_endpoint_url: str | None = None) -> Settings:
-    """The matrix's stack. With an S3 endpoint, the model repository lives there (the object-store row)."""
+def fault_settings(var_dir: Path, s3_endpoint_url: str | None = None, worker_nodes: int = 0) -> Settings:
+    """The matrix's stack. With an S3 endpoint, the model repository lives there (the object-store row); with worker
+    nodes, the Serve replicas run on them (the worker-node row)."""
     http, grpc, metrics, gcs, dashboard, serve, launcher = free_ports(7)
     repository = ({"RTS_MODEL_REPOSITORY_URI": f"s3://{ObjectStore.bucket}/model_repository",
                    "s3_endpoint_url": s3_endpoint_url} if s3_endpoint_url else {})
     return Settings(var_dir=var_dir, models=["services.models.digits", "services.models.diabetes"],
                     triton={"http_port": http, "grpc_port": grpc, "metrics_port": metrics},
-                    ray={"gcs_port": gcs, "dashboard_port": dashboard, "temp_dir": Path(f"/tmp/rts-faults-{os.getpid()}")},
+                    ray={"gcs_port": gcs, "dashboard_port": dashboard, "temp_dir": Path(f"/tmp/rts-faults-{os.getpid()}"),
+                         "worker_nodes": worker_nodes},
                     serve={"http_port": serve, "config": FUSED}, launcher={"metrics_port": launcher},
                     listener={"retry_backoff_s": 5.0}, retrain={"max_file_mb": 16},
                     drift={"enabled": False},  # a repeated load-test image must not start runs of its own
@@ -530,7 +573,8 @@ def main() -> None:
             cleanup.callback(lambda: object_store.stop())
             os.environ.update(object_store.server.env)  # Triton, the jobs and the replicas read the repository
             endpoint = object_store.server.endpoint_url
-        stack = cleanup.enter_context(Stack(fault_settings(out / "var", endpoint),
+        nodes = WORKER_NODES if "worker-node" in names else 0
+        stack = cleanup.enter_context(Stack(fault_settings(out / "var", endpoint, nodes),
                                             say=lambda m: print(f"[stack] {m}", flush=True)))
         for name in names:
             rows.append(run_row(stack, FAULTS[name], out / name))
