@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha1sum | cut -c1-12)
 
-.PHONY: venv tools models up down test test-unit test-integration test-faults scan bench skew loadtest package clean
+.PHONY: venv tools models up down test test-unit test-integration test-faults test-nodes scan bench skew loadtest package clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
@@ -46,17 +46,27 @@ LOOPBACK_ONLY := $(shell [ "$$(id -u)" = 0 ] && unshare -n true 2>/dev/null && e
 test-faults: venv  ## the whole fault matrix under bounded load: table + plot -> loadtests/results/faults-*/
 	$(if $(LOOPBACK_ONLY),$(LOOPBACK_ONLY) bash -c 'ip link set lo up 2>/dev/null; $(PY) -m loadtests.faults',$(PY) -m loadtests.faults)
 
+# The test runs itself in a loopback-only network namespace (as root), or skips saying why.
+test-nodes: venv  ## node autoscaling alone: Ray's autoscaler adds worker nodes for a load spike, removes them after -> loadtests/results/test-nodes-*/
+	$(PY) -m pytest -ra -s -m nodes tests/integration/test_node_autoscaling.py
+
 package: venv  ## serverless artefacts: AWS Lambda zip + Cloud Functions gen2 folder -> dist/serverless/ (Lambda's wheels from PyPI)
 	$(PY) -m services.retraining.artefacts --out dist/serverless
 
 scan:  ## checkov over infra/ in its own venv (.venv-scan/); fails on a finding infra/.checkov.yaml does not explain
 	infra/scan.sh
 
-bench: venv  ## Triton direct vs the gateway at concurrency 1/8/32, then tracing and routing costs in-process -> loadtests/results/
+# BENCH_PEERS=0 skips the peers; BENCH_ARGS go to bench and bench_peers (e.g. "--duration 2 --concurrency 1 32").
+BENCH_PEERS ?= 1
+BENCH_ARGS ?=
+BENCH_TIME := $(shell date +%Y%m%d-%H%M%S)
+BENCH_OUT ?= loadtests/results/bench-$(BENCH_TIME)
+bench: venv  ## Triton direct vs the gateway at concurrency 1/8/32, tracing and routing costs in-process, then the peers (KServe, BentoML, Triton alone) -> loadtests/results/
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
-	$(PY) -m loadtests.bench
+	$(PY) -m loadtests.bench --out $(BENCH_OUT) $(BENCH_ARGS)
 	$(PY) -m loadtests.bench_tracing
 	$(PY) -m loadtests.bench_routing
+	$(if $(filter 0 no false,$(BENCH_PEERS)),@echo "peers skipped (BENCH_PEERS=$(BENCH_PEERS))",$(PY) -m loadtests.bench_peers --out $(BENCH_OUT)/peers $(BENCH_ARGS))
 
 skew: venv  ## digits as the files users send vs exact 8x8, shipped training vs no augmentation -> loadtests/results/
 	$(PY) -m loadtests.skew
