@@ -25,7 +25,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
@@ -195,14 +195,19 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
-def free_ports(n: int) -> list[int]:
-    """`n` different free loopback ports: all held open while they are chosen, so no two are the same
-    (one `free_port()` after another can hand out a port twice: the OS reuses a port just released)."""
-    sockets = [socket.socket() for _ in range(n)]
+def free_ports(n: int, avoid: Iterable[int] = ()) -> list[int]:
+    """`n` different free loopback ports, none of `avoid`: all held open while they are chosen, so no two are
+    the same (one `free_port()` after another can hand out a port twice: the OS reuses a port just released).
+    `avoid`: ports chosen earlier for a server that has not bound them yet (a Ray head's dashboard port)."""
+    avoid, sockets, chosen = set(avoid), [], []
     try:
-        for s in sockets:
+        while len(chosen) < n:
+            s = socket.socket()
+            sockets.append(s)  # held, even when avoided: the OS then offers another
             s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
+            if s.getsockname()[1] not in avoid:
+                chosen.append(s.getsockname()[1])
+        return chosen
     finally:
         for s in sockets:
             s.close()

@@ -154,6 +154,12 @@ class RayHead(ManagedProcess):
         self.extra_env = {**(serve_fast_path_env(self.temp_dir, settings.serve.haproxy, settings.serve.retry_on)
                              if settings.serve.fast_path else {}), **(env or {})}
 
+    def reserved_ports(self) -> set[int]:
+        """The ports this stack's settings name (not all bound yet when Ray's own are chosen)."""
+        st = self.settings
+        return {self.gcs_port, self.dashboard_port, st.serve.http_port, st.triton.http_port, st.triton.grpc_port,
+                st.triton.metrics_port, st.launcher.metrics_port}
+
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.gcs_port}"
@@ -186,7 +192,7 @@ class RayHead(ManagedProcess):
 
     def argv(self) -> list[str]:
         ray = str(Path(sys.executable).with_name("ray"))
-        client, agent, agent_grpc, runtime_env, metrics = free_ports(5)
+        client, agent, agent_grpc, runtime_env, metrics = free_ports(5, avoid=self.reserved_ports())
         return [
             ray, "start", "--head", "--block", "--disable-usage-stats",
             "--node-ip-address=127.0.0.1", f"--port={self.gcs_port}",
@@ -264,7 +270,8 @@ class RayWorkerNode(ManagedProcess):
 
     def argv(self) -> list[str]:
         ray = str(Path(sys.executable).with_name("ray"))
-        node_manager, object_manager, agent, agent_grpc, runtime_env, metrics = free_ports(6)
+        node_manager, object_manager, agent, agent_grpc, runtime_env, metrics = free_ports(
+            6, avoid=self.head.reserved_ports())
         return [
             ray, "start", f"--address={self.head.address}", "--block", "--disable-usage-stats",
             "--node-ip-address=127.0.0.1", f"--temp-dir={self.head.temp_dir}",

@@ -253,3 +253,22 @@ def test_rotating_a_log_keeps_the_newest_few(tmp_path):
     assert not log.exists()
     assert [(tmp_path / f"x.log.{i}").read_text() for i in (1, 2, 3)] == ["run 4\n", "run 3\n", "run 2\n"]
     assert not (tmp_path / "x.log.4").exists()
+
+
+def test_free_ports_never_hands_out_a_port_to_avoid(monkeypatch):
+    """The OS may offer a port chosen earlier for a server that has not bound it yet (it did: a Ray head's
+    client-server port once equalled its dashboard port, and the head refused to start)."""
+    offered = iter([8265, 40001, 6380, 40002, 40003])
+
+    class FakeSocket:
+        def bind(self, address):
+            self.port = next(offered)
+
+        def getsockname(self):
+            return ("127.0.0.1", self.port)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr("services.runtime.processes.socket.socket", FakeSocket)
+    assert free_ports(3, avoid={8265, 6380}) == [40001, 40002, 40003]
