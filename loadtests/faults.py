@@ -162,6 +162,11 @@ def triton_back(stack: Stack, done: dict) -> bool:
     return stack.triton is not None and stack.triton.pid != done["killed_pid"] and healthy(stack)
 
 
+def bucket(stack: Stack) -> Path:
+    """The stack's local data bucket (the matrix runs the local folder source), as its store sees it."""
+    return data_store(stack.settings).root
+
+
 def drop_new_digits(stack: Stack) -> str:
     """New labelled digits in incoming/, as an upload would land them (written aside, then renamed)."""
     from services.models.digits.data import load_split
@@ -169,7 +174,7 @@ def drop_new_digits(stack: Stack) -> str:
 
     split = load_split()
     key = f"datasets/digits/incoming/fault-{time.time_ns()}.npz"
-    path = Path(stack.settings.data_uri.removeprefix("file://")) / key
+    path = bucket(stack) / key
     buf = io.BytesIO()
     # Rows no earlier row sent (a file the model was trained on already would make its run "skipped").
     rng = np.random.default_rng(time.time_ns() % 2**32)
@@ -306,18 +311,18 @@ POISON = {  # name -> bytes: what a careless or hostile uploader drops beside go
 def drop_poison_and_a_duplicate(stack: Stack) -> dict:
     """Poison beside one good file in one burst; once the good file's run has ended, the same file again
     under the same name: the same event delivered twice, which must start nothing."""
-    incoming = Path(stack.settings.data_uri.removeprefix("file://")) / "datasets" / "digits" / "incoming"
+    incoming = bucket(stack) / "datasets" / "digits" / "incoming"
     stamp = int(time.time())
     listener_pid = stack.listener.pid
     restarts = (read_status(stack.supervisor.status_file).get("listener") or {}).get("restarts", 0)
     for name, data in POISON.items():
         (incoming / f".{stamp}-{name}.partial").write_bytes(data)
         (incoming / f".{stamp}-{name}.partial").rename(incoming / f"{stamp}-{name}")
-    stray = Path(stack.settings.data_uri.removeprefix("file://")) / "datasets" / "no-such-model" / "incoming"
+    stray = bucket(stack) / "datasets" / "no-such-model" / "incoming"
     stray.mkdir(parents=True, exist_ok=True)
     (stray / f"{stamp}.npz").write_bytes(b"for a model nobody serves")
     key = drop_new_digits(stack)
-    good = Path(stack.settings.data_uri.removeprefix("file://")) / key
+    good = bucket(stack) / key
     data = good.read_bytes()
     deadline = time.monotonic() + 150
     while time.monotonic() < deadline:
@@ -342,7 +347,7 @@ def duplicate_settled(stack: Stack, done: dict) -> bool:
 
 
 def poison_rejected_duplicate_ignored(stack: Stack, done: dict) -> str:
-    root = Path(stack.settings.data_uri.removeprefix("file://")) / "datasets" / "digits"
+    root = bucket(stack) / "datasets" / "digits"
     reports = {}
     for name in done["poison"]:
         shown = name.split("-", 1)[1]  # without the time stamp
