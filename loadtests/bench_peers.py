@@ -12,6 +12,8 @@ digits package's own functions, ``loadtests/peers/digits_io.py``) around the sam
 on the same bundled tritonserver. Targets:
 
 - ``triton-direct``: the floor, Triton's HTTP /v2 infer with the 64 features (no pre/post), as in bench.py;
+- ``serve-floor``: the gateway's transport alone, a Ray Serve ingress on the same Serve instance and HAProxy that
+  reads the body and answers a fixed JSON (``loadtests/peers/serve_floor.py``): what Serve costs before any work;
 - ``gateway-fused``: the gateway (fused layout), ``POST /v1/predict``;
 - ``kserve``: KServe's ModelServer, a ``kserve.Model`` transformer, Triton over KServe's gRPC v2 client;
 - ``bentoml``: a BentoML service, Triton over one tritonclient gRPC aio client;
@@ -44,12 +46,13 @@ from pathlib import Path
 from typing import Callable
 
 import httpx
+import yaml
 
 from loadtests.bench import (CONFIGS, CpuMeter, Measurement, Target, bench_settings, features_body, holdout_png,
                              plot, report, run_wrk, to_markdown, write_bodies)
 from loadtests.peers import digits_io, triton_peer
 from loadtests.peers.launch import PeerServer, peer_python, requirements
-from services.runtime.processes import free_ports
+from services.runtime.processes import free_ports, wait_until
 from services.runtime.stack import Stack
 from services.settings import REPO_ROOT
 
@@ -147,6 +150,25 @@ def start_bentoml(stack: Stack, out: Path, say: Callable[[str], None]) -> tuple[
     return server, f"http://127.0.0.1:{port}/predict"
 
 
+def deploy_serve_floor(stack: Stack, out: Path) -> str:
+    """``loadtests/peers/serve_floor.py`` as a second Serve application at /floor beside the gateway: its URL."""
+    config = yaml.safe_load((stack.work_dir / "serve_config.yaml").read_text())
+    config["applications"].append({"name": "serve-floor", "route_prefix": "/floor",
+                                   "import_path": "loadtests.peers.serve_floor:app"})
+    both = out / "serve-with-floor.yaml"
+    both.write_text(yaml.safe_dump(config, sort_keys=False))
+    stack.ray.serve_deploy(both)
+    url = f"{stack.gateway_url}/floor"
+
+    def answers() -> bool:
+        with contextlib.suppress(httpx.HTTPError):
+            return httpx.post(url, content=b"{}", timeout=5).status_code == 200
+        return False
+
+    wait_until(answers, timeout_s=120, what="the Serve floor application", interval_s=0.5)
+    return url
+
+
 def ask(peer: Peer, png: bytes) -> list[tuple[int, float]]:
     data, ctype = BODIES[peer.body](png)
     resp = httpx.post(peer.url, content=data, headers={"content-type": ctype}, timeout=30)
@@ -196,7 +218,7 @@ def summary_table(results: list[Measurement], concurrencies: list[int], targets:
 
 def write_report(out: Path, results: list[Measurement], args, peers: dict[str, Peer], not_measured: dict[str, str],
                  versions: dict[str, str]) -> str:
-    names = [t for t in ("triton-direct", "gateway-fused", *PEERS) if t in peers or t in not_measured]
+    names = [t for t in ("triton-direct", "serve-floor", "gateway-fused", *PEERS) if t in peers or t in not_measured]
     (out / "results.json").write_text(json.dumps({
         "measurements": [asdict(m) for m in results], "not_measured": not_measured, "versions": versions,
         "notes": {name: p.notes for name, p in peers.items() if p.notes},
@@ -221,6 +243,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--duration", type=int, default=8, help="measured seconds per point")
     parser.add_argument("--warmup", type=int, default=2, help="warm-up seconds per point")
     parser.add_argument("--peers", nargs="+", default=list(PEERS), choices=PEERS)
+    parser.add_argument("--no-serve-floor", dest="serve_floor", action="store_false",
+                        help="skip the Serve floor (an ingress that does no work, beside the gateway)")
     parser.add_argument("--check-digits", type=int, default=5, help="held-out digits every target must answer alike")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -255,6 +279,12 @@ def main(argv: list[str] | None = None) -> Path:
             "gateway-fused": Peer("gateway-fused", f"{stack.gateway_url}/v1/predict", "json", predictions_answer,
                                   CpuMeter(triton_pid, stack.ray.proc.pid)),
         }
+        if args.serve_floor:
+            say("[peers] deploying the Serve floor (an ingress that does no work) beside the gateway ...")
+            peers["serve-floor"] = Peer("serve-floor", deploy_serve_floor(stack, out), "json", predictions_answer,
+                                        CpuMeter(triton_pid, stack.ray.proc.pid),
+                                        ["the gateway's transport alone: Ray Serve (throughput mode) and HAProxy, an "
+                                         "ingress that reads the body and answers a fixed JSON, no model, no Triton"])
         starters = {"kserve": start_kserve, "bentoml": start_bentoml}
         for name in args.peers:
             if name == "triton-alone":
@@ -276,7 +306,7 @@ def main(argv: list[str] | None = None) -> Path:
         say(f"[peers] checking every target answers {args.check_digits} held-out digits as the gateway does ...")
         reference = [ask(peers["gateway-fused"], p) for p in pngs]
         for name in list(peers):
-            if name != "gateway-fused" and (why := check(peers[name], reference, pngs)):
+            if name not in ("gateway-fused", "serve-floor") and (why := check(peers[name], reference, pngs)):
                 not_measured[name] = f"answers differ from the gateway's: {why}"
                 say(f"[peers] {name}: {not_measured[name]}")
                 del peers[name]

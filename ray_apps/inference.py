@@ -35,6 +35,7 @@ from services.rollout.controller import ensure_controller
 from services.rollout.live import LiveStats, Reporter
 from services.rollout.routing import Router
 from services.serving.app import create_app
+from services.serving.batching import BatchingInference
 from services.serving.deps import Gateway
 from services.serving.drift_watch import DriftWatch
 from services.serving.pipeline import InferencePipeline
@@ -113,6 +114,9 @@ class Ingress:
                       LocalPostprocess(PostprocessStage(models)))
         else:
             stages = (RemotePreprocess(preprocess), RemoteInference(triton), RemotePostprocess(postprocess))
+        if settings.triton.batch_in_flight:  # concurrent requests reach Triton together (services/serving/batching.py)
+            stages = (stages[0], BatchingInference(stages[1], models, max_rows=settings.triton.batch_max_rows,
+                                                   in_flight=settings.triton.batch_in_flight), stages[2])
         records = Records(data_store(settings))
         router = Router(records, list(models)).start()
         drift = None

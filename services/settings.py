@@ -55,6 +55,12 @@ class TritonSettings(Section):
         None, description="Triton --model-config-name: 'gpu' selects configs/gpu.pbtxt (KIND_GPU, onnxruntime_onnx)")
     response_cache_mb: int = Field(0, ge=0, description="Triton local response cache size in MiB; 0 = off")
     timeout_s: float = Field(5.0, gt=0, description="Per-request deadline for inference calls to Triton")
+    batch_in_flight: int = Field(
+        1, ge=0, description="Calls each gateway replica has out to Triton per model version before requests that "
+        "arrive meanwhile wait and go together in the next call (never held back otherwise); 0: every request its "
+        "own call")
+    batch_max_rows: int = Field(
+        64, ge=1, description="Most rows in one batched call (and never more than the ensemble's max_batch_size)")
 
     @property
     def grpc_address(self) -> str:

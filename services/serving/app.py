@@ -27,7 +27,7 @@ from services.errors import InvalidInput, ServingError
 from services.serving.deps import Gateway
 from services.serving.middleware import BodySizeLimit, RequestId, error_response, is_oip_path
 from services.serving.routes import admin, feedback, health, models, oip
-from services.serving.routes.predict import predict_router
+from services.serving.routes.predict import FastPredict, predict_router
 from services.telemetry.instrument import ObservabilityMiddleware, add_metrics_route
 
 log = logging.getLogger(__name__)
@@ -43,12 +43,14 @@ def create_app(gateway: Gateway) -> FastAPI:
         telemetry={"tracing": False},
     )
     app.state.gateway = gateway
+    predict = predict_router(gateway.models)
+    app.add_middleware(FastPredict, gateway=gateway, routes=predict.routes)  # innermost: the hot routes
     app.add_middleware(BodySizeLimit, max_bytes=gateway.settings.limits.max_body_bytes)
     app.add_middleware(ObservabilityMiddleware)  # sees every response, errors included
     app.add_middleware(RequestId)  # outermost: spans, logs and handlers only see a valid id and trace context
     add_metrics_route(app)
     install_error_handlers(app)
-    app.include_router(predict_router(gateway.models))  # first: the hot routes match before any other
+    app.include_router(predict)  # first: the hot routes match before any other
     app.include_router(health.router)
     app.include_router(feedback.router)
     app.include_router(models.router)

@@ -71,6 +71,9 @@ METRIC_FAMILIES = {f.name: f for f in (
     Family("histogram", "rts_stage_seconds", "Latency of each pipeline stage (preprocess, triton, postprocess, total)",
            ("stage", "model"), LATENCY_BUCKETS),
     Family("histogram", "rts_batch_size", "Items per inference request", ("model",), BATCH_BUCKETS),
+    Family("histogram", "rts_triton_batch_requests",
+           "Requests per call the gateway made to Triton (concurrent requests are sent together)", ("model",),
+           BATCH_BUCKETS),
     Family("counter", "rts_errors_total", "Requests that failed, by error code (the body's error.code)",
            ("code", "route")),
     Family("counter", "rts_retraining_runs_total", "Retraining runs by outcome", ("outcome",)),
@@ -249,6 +252,10 @@ def stage_timer(stage: str, model: str) -> Iterator[None]:
 
 def record_batch_size(model: str, size: int) -> None:
     get_metrics().observe("rts_batch_size", {"model": model or ""}, float(size))
+
+
+def record_triton_batch(model: str, requests: int) -> None:
+    get_metrics().observe("rts_triton_batch_requests", {"model": model}, float(requests))
 
 
 def record_error(code: str, route: str = "") -> None:

@@ -13,6 +13,7 @@ from typing import Any, Callable, Union
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from starlette.datastructures import UploadFile
 
@@ -20,6 +21,7 @@ from services.errors import InvalidInput, PayloadTooLarge, ServingError, Unknown
 from services.modelkit import ModelPackage, invalid_instance
 from services.modelkit.discovery import model_named
 from services.serving.deps import Gateway, GatewayDep
+from services.serving.middleware import error_response
 from services.serving.responses import errors
 from services.settings import LimitsSettings
 
@@ -216,3 +218,50 @@ def predict_router(models: dict[str, ModelPackage]) -> APIRouter:
         raise UnknownModel(f"no model named {model!r}; served models: {sorted(gateway.models)}")
 
     return router
+
+
+class FastPredict:
+    """The predict routes, answered without FastAPI's routing, dependency solving and exception layers.
+
+    Plain ASGI, the innermost of the gateway's middlewares (request id, observability and body limits still
+    wrap it). ``POST`` to a documented predict path runs the same ``predict`` as the routes above and answers
+    the same bodies and errors; the route object goes into the scope, as Starlette's router would put it, for
+    the metrics' route label. Every other request, and a model name no route serves, goes on to FastAPI.
+    Measured with ``loadtests/bench.py``: see loadtests/README.md.
+    """
+
+    def __init__(self, app: ASGIApp, gateway: Gateway, routes: list) -> None:
+        self.app, self.gateway = app, gateway
+        self._routes = routes  # the predict router's routes
+        self._paths: dict[str, tuple[ModelPackage | None, Any]] | None = None
+
+    def _lookup(self) -> dict[str, tuple[ModelPackage | None, Any]]:
+        by_path = {getattr(r, "path", None): r for r in self._routes if "POST" in (getattr(r, "methods", None) or ())}
+        paths = {"/v1/predict": (None, by_path["/v1/predict"])}
+        for name, package in self.gateway.models.items():
+            paths[f"/v1/models/{name}/predict"] = (package, by_path[f"/v1/models/{name}/predict"])
+        return paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            if self._paths is None:
+                self._paths = self._lookup()
+            hit = self._paths.get(scope["path"])
+            if hit is not None:
+                return await self._predict(scope, receive, send, *hit)
+        await self.app(scope, receive, send)
+
+    async def _predict(self, scope: Scope, receive: Receive, send: Send, package: ModelPackage | None,
+                       route: Any) -> None:
+        scope["route"] = route
+        request = Request(scope, receive, send)
+        try:
+            if package is None:  # /v1/predict: ?model= names it, else the first model
+                chosen = model_named(self.gateway.models, request.query_params.get("model", self.gateway.default_model))
+                response = await predict(request, self.gateway, chosen, ignore=("model",))
+            else:
+                response = await predict(request, self.gateway, package)
+        except ServingError as exc:
+            request.state.error_code = exc.code
+            response = error_response(exc, getattr(request.state, "request_id", None))
+        await response(scope, receive, send)
