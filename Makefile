@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha1sum | cut -c1-12)
 
-.PHONY: venv tools models up down test test-unit test-integration test-faults test-nodes scan bench skew loadtest package clean
+.PHONY: venv tools models up down test test-unit test-integration test-faults test-nodes scan bench bench-isolation bench-freshness skew loadtest package clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
@@ -67,6 +67,13 @@ bench: venv  ## Triton direct vs the gateway at concurrency 1/8/32, tracing and 
 	$(PY) -m loadtests.bench_tracing
 	$(PY) -m loadtests.bench_routing
 	$(if $(filter 0 no false,$(BENCH_PEERS)),@echo "peers skipped (BENCH_PEERS=$(BENCH_PEERS))",$(PY) -m loadtests.bench_peers --out $(BENCH_OUT)/peers $(BENCH_ARGS))
+
+bench-isolation: venv  ## the gateway with and without a retraining run on the same cores (shipped isolation, and none) -> loadtests/results/
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	$(PY) -m loadtests.bench_isolation
+
+bench-freshness: venv  ## new data -> a candidate serving, and the cold start from zero, a few trials each -> loadtests/results/
+	$(PY) -m loadtests.bench_freshness
 
 skew: venv  ## digits as the files users send vs exact 8x8, shipped training vs no augmentation -> loadtests/results/
 	$(PY) -m loadtests.skew

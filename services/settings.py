@@ -138,11 +138,12 @@ class RetrainSettings(Section):
     worker_cpus: float = Field(0.5, ge=0, description="logical CPUs each Ray Train worker asks for besides one unit "
                                "of the `training` resource; 0: the unit alone (Kubernetes' training pods offer no CPU "
                                "to Ray, one `training` unit per core)")
-    worker_nice: int = Field(19, ge=0, le=19, description="niceness of every thread of a Ray Train worker, whose "
-                             "BLAS/OpenMP threads are also capped at max(1, worker_cpus): on a machine that also "
-                             "serves, training yields the real cores to serving. Ray runs every worker process, Serve "
-                             "replicas included, at 15 (its worker_niceness), so only 16-19 put training below serving; "
-                             "0: as Ray left them, no cap")
+    worker_nice: int = Field(19, ge=0, le=19, description="niceness of a run: its driver, every actor Ray Train starts "
+                             "for it and every thread of its Ray Train workers, whose BLAS/OpenMP threads are also "
+                             "capped at max(1, worker_cpus); at 19 the threads of the driver and the workers are also "
+                             "SCHED_IDLE (they get a core only when serving does not want it). The Serve configs run "
+                             "replicas at 0 (RAY_worker_niceness in their runtime_env; Ray's default is 15). 0: as Ray "
+                             "left them, no cap")
     storage_path: str | None = Field(None, description="Ray Train storage (shared/cloud on a multi-node cluster); "
                                      "default <var_dir>/ray_train")
     metric_tolerance: float = Field(0.01, ge=0, description="holdout gate: allowed relative loss of the model's "

@@ -75,6 +75,10 @@ class RayJobs:
     def get_job_logs(self, submission_id: str) -> str:
         return self._request("GET", f"/api/jobs/{submission_id}/logs")["logs"]
 
+    def stop_job(self, submission_id: str) -> bool:
+        """Ask Ray to stop the job (SIGTERM, then SIGKILL after its grace period); False if it had ended."""
+        return bool(self._request("POST", f"/api/jobs/{submission_id}/stop")["stopped"])
+
 
 def job_env(settings: Settings) -> dict[str, str]:
     """The environment of a run: this process's settings, and how to reach this stack's Triton."""

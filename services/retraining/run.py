@@ -40,7 +40,7 @@ from services.retraining import dataset
 from services.retraining.gates import gates_to_json, run_gates
 from services.retraining.locking import exclusive_run
 from services.retraining.requests import RunRequest, new_run_id
-from services.retraining.training import train_here, train_on_ray
+from services.retraining.training import lower_priority, train_here, train_on_ray
 from services.rollout.controller import rollout_paused
 from services.rollout.policy import Policy, load_policy
 from services.settings import Settings, get_settings
@@ -358,7 +358,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-id", required=True, help="the run; its request is runs/<run-id>.request.json")
     args = parser.parse_args(argv)
     settings = get_settings()
-    ray.init(address="auto", log_to_driver=True)
+    # The run's own steps (validation, gates, export, publishing) yield the cores to serving as its Ray Train
+    # workers do (lower_priority there); the Ray Jobs supervisor starts this driver at niceness 0.
+    lower_priority(settings.retrain.worker_nice)
+    # And so do the actors Ray Train starts for the run (its controller, dataset and watcher actors): Ray starts
+    # a job's worker processes at this niceness (the Jobs API leaves drivers' tasks at Ray's default, 15).
+    nice = settings.retrain.worker_nice
+    ray.init(address="auto", log_to_driver=True,
+             runtime_env={"env_vars": {"RAY_worker_niceness": str(nice)}} if nice > 0 else None)
     configure_tracing("rts-retraining")
     metrics.configure_metrics()
     registry = Registry.open(settings)

@@ -18,8 +18,13 @@ def test_rayservice_runs_the_same_application_as_make_up():
     service = yaml.safe_load((REPO_ROOT / "infra" / "k8s" / "base" / "serve-config.yaml").read_text())
     serve_config = yaml.safe_load(service["spec"]["serveConfigV2"])
     local = yaml.safe_load((CONFIGS / "inference-fused.yaml").read_text())
-    assert [{k: v for k, v in a.items() if k != "runtime_env"} for a in serve_config["applications"]] == \
-        local["applications"]
+    def without_env(apps: list[dict]) -> list[dict]:
+        return [{k: v for k, v in a.items() if k != "runtime_env"} for a in apps]
+
+    assert without_env(serve_config["applications"]) == without_env(local["applications"])
+    for cluster, mine in zip(serve_config["applications"], local["applications"]):  # the local env, and Triton's URL
+        assert cluster["runtime_env"]["env_vars"] == {**mine.get("runtime_env", {}).get("env_vars", {}),
+                                                      "RTS_TRITON_URL": cluster["runtime_env"]["env_vars"]["RTS_TRITON_URL"]}
     ServeDeploySchema.model_validate(serve_config)
 
 

@@ -191,6 +191,25 @@ print(changed, sorted(os.getpriority(os.PRIO_PROCESS, t) for t in tids))
     assert lower_priority(0) == 0
 
 
+def test_lowest_priority_puts_every_thread_in_the_idle_class():
+    code = """
+import os, threading, time
+from services.retraining.training import lower_priority
+ready = threading.Event()
+threading.Thread(target=lambda: (ready.set(), time.sleep(5)), daemon=True).start()
+ready.wait()
+tids = [int(t) for t in os.listdir("/proc/self/task")]
+print(lower_priority(18), sorted({os.sched_getscheduler(t) == os.SCHED_IDLE for t in tids}),
+      lower_priority(19), sorted({os.sched_getscheduler(t) == os.SCHED_IDLE for t in tids}))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
+                          cwd=REPO_ROOT, check=True)
+    # 18: niced, still the normal class; 19: every thread idle-class (the kernel runs it when nothing else wants the core)
+    first, classes_at_18, second, classes_at_19 = done.stdout.split()
+    assert int(first) >= 2 and int(second) == int(first), done.stdout  # every thread (numpy's pool too), twice
+    assert (classes_at_18, classes_at_19) == ("[False]", "[True]"), done.stdout
+
+
 def test_worker_node_settings(monkeypatch, tmp_path):
     for key in [k for k in os.environ if k.startswith("RTS_")]:
         monkeypatch.delenv(key)
