@@ -36,3 +36,36 @@ class Floor:
 
 
 app = Floor.bind()
+
+
+# The floor of a cold start from zero: an ingress like the one above that asks a deployment with no replicas
+# (scaled to zero) for its answer, so the first request waits for Serve to start a replica that imports nothing
+# of ours. ``bench_freshness`` deploys it beside the autoscaling gateway and times both the same way.
+@serve.deployment(name="FloorNoop", ray_actor_options={"num_cpus": 0.1})
+class Noop:
+    def __call__(self) -> bytes:
+        return ANSWER
+
+
+@serve.deployment(name="FloorIngress", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.1})
+@serve.ingress()
+class ColdFloor:
+    def __init__(self, noop) -> None:
+        self.noop = noop
+
+    def __serve_build_asgi_app__(self):
+        async def asgi(scope, receive, send) -> None:
+            if scope["type"] != "http":
+                return await answer(scope, receive, send)
+            more = True
+            while more:
+                message = await receive()
+                more = message.get("more_body", False)
+            body = await self.noop.remote()
+            await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+            await send({"type": "http.response.body", "body": body})
+
+        return asgi
+
+
+cold_app = ColdFloor.bind(Noop.bind())

@@ -78,6 +78,10 @@ class DriftWatch:
             self._wake.set()
 
     def _work(self) -> None:
+        # scipy.stats (the checks' tests) costs half a second to import: not before a new replica's first request
+        # (a cold start), and not in the middle of the first check; here, once traffic has begun.
+        self._wake.wait()
+        import scipy.stats  # noqa: F401
         since_check: dict[DriftTrigger, int] = {}
         last_check = -self.min_check_interval_s
         while True:

@@ -39,7 +39,6 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
-from scipy import stats
 
 CONFIDENCE_EDGES = np.array([0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0])
 PSI_EPS = 1e-4
@@ -243,6 +242,10 @@ class DriftMonitor:
         }
         if n == 0:
             return report
+        # Imported here: scipy.stats takes half a second to import, which every new serving replica (a cold start
+        # from zero) would pay before its first request; the first drift check pays it instead, off the hot path.
+        from scipy import stats
+
         scores: dict[str, float] = {}
         limits: dict[str, float | None] = {}
         p_values: dict[str, float] = {}
