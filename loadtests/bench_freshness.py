@@ -148,7 +148,7 @@ def cold_start_trials(stack: Stack, out: Path, trials: int, say) -> dict[str, li
 
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description="new data -> a candidate serving; cold start from zero")
-    parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument("--trials", type=int, default=3, help="freshness trials (0: cold start only)")
     parser.add_argument("--cold-trials", type=int, default=5)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> Path:
         fresh = [freshness_trial(stack, records, trial, say) for trial in range(1, args.trials + 1)]
         cold = cold_start_trials(stack, out, args.cold_trials, say)
     summary = {
-        "new_data_to_candidate_serving_s": {"median": statistics.median(r["seconds"] for r in fresh),
+        "new_data_to_candidate_serving_s": {"median": statistics.median(r["seconds"] for r in fresh) if fresh else None,
                                             "trials": [r["seconds"] for r in fresh]},
         "cold_start_from_zero_s": {name: {"median": statistics.median(ts), "trials": ts} for name, ts in cold.items()},
     }
@@ -173,8 +173,8 @@ def main(argv: list[str] | None = None) -> Path:
                                                  indent=2))
     lines = ["# Freshness and cold start", "",
              "| measure | median s | trials s |", "|---|---:|---|",
-             f"| new data -> a candidate serving | {summary['new_data_to_candidate_serving_s']['median']:.1f} | "
-             f"{', '.join(f'{s:.1f}' for s in summary['new_data_to_candidate_serving_s']['trials'])} |",
+             *([f"| new data -> a candidate serving | {summary['new_data_to_candidate_serving_s']['median']:.1f} | "
+                f"{', '.join(f'{s:.1f}' for s in summary['new_data_to_candidate_serving_s']['trials'])} |"] if fresh else []),
              *(f"| cold start from zero, {name}: first request | {statistics.median(ts):.2f} | "
                f"{', '.join(f'{s:.2f}' for s in ts)} |" for name, ts in cold.items()),
              "", "Where the freshness time goes, per trial:", ""]

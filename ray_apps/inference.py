@@ -28,7 +28,8 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
-from services.modelkit import ModelPackage
+from ray_apps.stages import Postprocess, Preprocess, TritonEnsemble, observability
+
 from services.modelkit.discovery import load_models
 from services.registry.records import Records
 from services.rollout.controller import ensure_controller
@@ -42,10 +43,9 @@ from services.serving.pipeline import InferencePipeline
 from services.serving.stages import (LocalInference, LocalPostprocess, LocalPreprocess, PostprocessStage,
                                      PreprocessStage, RemoteInference, RemotePostprocess, RemotePreprocess,
                                      TritonStage)
-from services.settings import Settings, get_settings
+from services.settings import get_settings
 from services.storage import data_store
-from services.telemetry.metrics import configure_metrics
-from services.telemetry.tracing import TraceBudget, configure_tracing
+from services.telemetry.tracing import TraceBudget
 
 
 class InferenceAppArgs(BaseModel):
@@ -55,44 +55,6 @@ class InferenceAppArgs(BaseModel):
 
     layout: Literal["composed", "fused"] = Field(
         "composed", description="composed: one deployment per stage; fused: all stages in the ingress replica")
-
-
-def _observability(service: str) -> None:
-    """Once per replica process: OTEL_* env decides tracing; metrics go to Ray and /metrics."""
-    configure_tracing(service)
-    configure_metrics("ray", also_local=True)
-
-
-def _models(settings: Settings) -> dict[str, ModelPackage]:
-    return load_models(settings)
-
-
-@serve.deployment(name="Preprocess")
-class Preprocess(PreprocessStage):
-    """Decodes and checks user inputs into model rows (CPU-bound; scale it on its own)."""
-
-    def __init__(self) -> None:
-        _observability("rts-preprocess")
-        super().__init__(_models(get_settings()))
-
-
-@serve.deployment(name="Postprocess")
-class Postprocess(PostprocessStage):
-    """Turns model outputs into labels, confidences, top-k or values."""
-
-    def __init__(self) -> None:
-        _observability("rts-postprocess")
-        super().__init__(_models(get_settings()))
-
-
-@serve.deployment(name="TritonEnsemble")
-class TritonEnsemble(TritonStage):
-    """Async client to Triton, one reused gRPC channel per replica (HTTP for traced requests)."""
-
-    def __init__(self) -> None:
-        _observability("rts-triton-client")
-        settings = get_settings()
-        super().__init__(_models(settings), settings.triton)
 
 
 @serve.deployment(name="Ingress")
@@ -106,9 +68,9 @@ class Ingress:
 
     def __init__(self, args: InferenceAppArgs, preprocess: DeploymentHandle | None = None,
                  triton: DeploymentHandle | None = None, postprocess: DeploymentHandle | None = None) -> None:
-        _observability("rts-gateway")
+        observability("rts-gateway")
         settings = get_settings()
-        models = _models(settings)
+        models = load_models(settings)
         if args.layout == "fused":
             stages = (LocalPreprocess(PreprocessStage(models)), LocalInference(TritonStage(models, settings.triton)),
                       LocalPostprocess(PostprocessStage(models)))

@@ -16,8 +16,6 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
-from sklearn.datasets import load_diabetes
-from sklearn.model_selection import train_test_split
 
 from services.modelkit import DataRejected, Dataset, Split, read_numeric_csv
 
@@ -50,6 +48,11 @@ TARGET_RANGE = (0.0, 1000.0)
 @lru_cache(maxsize=1)
 def load_split() -> Split:
     """The fixed train/holdout split of sklearn's diabetes data; the holdout never enters training."""
+    # sklearn is imported here, not above: serving imports this module (the declared fields) and never needs
+    # sklearn, whose import is a second of every new replica's cold start.
+    from sklearn.datasets import load_diabetes
+    from sklearn.model_selection import train_test_split
+
     data = load_diabetes()
     if tuple(data.feature_names) != FEATURES:  # the column order is part of the served model
         raise RuntimeError(f"load_diabetes() features are {data.feature_names}, expected {list(FEATURES)}")

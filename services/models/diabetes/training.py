@@ -21,18 +21,14 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import onnx
 from pydantic import BaseModel, ConfigDict, Field
-from skl2onnx import to_onnx
-from skl2onnx.common.data_types import FloatTensorType
-from sklearn.ensemble import GradientBoostingRegressor
-from sklearn.linear_model import Ridge
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
 
 from services.modelkit import Worker
 from services.modelkit.onnx import export_ensemble, rename_output
 from services.triton.config import EnsembleFamily, ModelConfig
+
+# The training stack (scikit-learn, skl2onnx) is imported where it is used: serving replicas import this module for
+# TrainParams only, and sklearn's import is a second of every new replica's cold start.
 
 LINEAR, TREES = "diabetes_linear", "diabetes_trees"
 SKL2ONNX_OUTPUT = "variable"  # what skl2onnx names a regressor's output
@@ -53,6 +49,11 @@ class TrainParams(BaseModel):
 def fit_members(features: np.ndarray, targets: np.ndarray, params: TrainParams, worker: Worker) -> dict[str, Any]:
     """Both members on all rows. The same on every worker (deterministic), so ``worker`` is not needed:
     sharding 350 rows would only make each worker's models worse, and trees cannot be averaged."""
+    from sklearn.ensemble import GradientBoostingRegressor
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
     x = np.asarray(features, dtype=np.float32)
     y = np.asarray(targets, dtype=np.float64)
     linear = Pipeline([("scale", StandardScaler()), ("ridge", Ridge(alpha=params.ridge_alpha))]).fit(x, y)
@@ -64,6 +65,10 @@ def fit_members(features: np.ndarray, targets: np.ndarray, params: TrainParams, 
 
 def member_onnx(model: Any, config: ModelConfig) -> bytes:
     """A scikit-learn regressor as ONNX with the input and output its config.pbtxt names."""
+    import onnx
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import FloatTensorType
+
     (inp,), (out,) = config.inputs, config.outputs
     onx = to_onnx(model, initial_types=[(inp.name, FloatTensorType([None, *inp.dims]))], target_opset=TARGET_OPSET)
     names = [o.name for o in onx.graph.output]

@@ -23,8 +23,6 @@ from functools import lru_cache
 
 import numpy as np
 from PIL import Image
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 from services.modelkit import DataRejected, Dataset, Split
 
@@ -37,6 +35,11 @@ MAX_ROWS = 100_000
 @lru_cache(maxsize=1)
 def load_split() -> Split:
     """The fixed train/holdout split of sklearn's digits; the holdout never enters training."""
+    # sklearn is imported here, not above: serving imports this module (file formats, rendering) and never needs
+    # sklearn, whose import is a second of every new replica's cold start.
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
     digits = load_digits()
     xtr, xho, ytr, yho = train_test_split(digits.images, digits.target, test_size=HOLDOUT_FRACTION,
                                           random_state=HOLDOUT_SEED, stratify=digits.target)

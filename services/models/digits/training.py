@@ -9,22 +9,19 @@ average. Seeded and reproducible. Tensor names come from the members' config.pbt
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
 from pydantic import BaseModel, ConfigDict, Field
-from skl2onnx import to_onnx
-from skl2onnx.common.data_types import FloatTensorType
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import SGDClassifier
-from sklearn.neural_network import MLPClassifier
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
 
 from services.modelkit import Worker
 from services.modelkit.onnx import export_ensemble, keep_outputs, rename_output
 from services.triton.config import EnsembleFamily, ModelConfig
+
+# The training stack (scikit-learn, skl2onnx) is imported where it is used: serving replicas import this module for
+# TrainParams only, and sklearn's import is a second of every new replica's cold start.
+if TYPE_CHECKING:
+    from sklearn.pipeline import Pipeline
 
 LOGREG, MLP = "digits_logreg", "digits_mlp"
 CLASSES = np.arange(10)
@@ -48,6 +45,12 @@ def fit_members(features: np.ndarray, labels: np.ndarray, params: TrainParams, w
 
     The scaler is fitted on all rows (cheap, and every worker must scale identically).
     """
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import SGDClassifier
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
     scaler = StandardScaler().fit(features)
     x = scaler.transform(features).astype(np.float32)
     shard = np.arange(len(x))[worker.rank::worker.world_size]
@@ -71,6 +74,10 @@ def fit_members(features: np.ndarray, labels: np.ndarray, params: TrainParams, w
 
 def member_onnx(model: Pipeline, config: ModelConfig) -> bytes:
     """A scikit-learn classifier as ONNX with the input and output its config.pbtxt names."""
+    import onnx
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import FloatTensorType
+
     (inp,), (out,) = config.inputs, config.outputs
     onx = to_onnx(model, initial_types=[(inp.name, FloatTensorType([None, *inp.dims]))],
                   options={id(model.steps[-1][1]): {"zipmap": False}}, target_opset={"": 17, "ai.onnx.ml": 3})
