@@ -83,7 +83,7 @@ def freshness_trial(stack: Stack, records: Records, trial: int, say) -> dict:
     seen = time.time()
     book = records.stages(MODEL) or {}
     moves = [t for t in book.get("transitions", []) if t.get("version") == version]
-    record = records.version(MODEL, version) or {}
+    record = wait(lambda: records.version(MODEL, version), 60, f"v{version}'s record")  # written just after it goes live
     run_id = (record.get("lineage") or {}).get("run_id") or record.get("run_id")
     run = None
     if run_id:  # the run finishes its record just after its version goes live

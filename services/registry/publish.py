@@ -218,8 +218,7 @@ class Registry:
                 triton.unload(version_ensemble(family.ensemble, version))
             except Exception:  # noqa: BLE001 - already gone
                 log.info("version ensemble of %s %s was not loaded", family.ensemble, version)
-        for member in family.members:
-            triton.load(member)
+        triton.load_all(family.members)
         return leaving
 
     def _load(self, family: EnsembleFamily, versions: list[int]) -> None:

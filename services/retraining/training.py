@@ -6,16 +6,17 @@ Usage::
     trained = train_here(package, features, targets, params)                       # before any Ray exists
 
 On Ray each worker trains on its shard and averages weights with the others after every epoch
-through one actor (an all-reduce of means: local SGD); rank 0's result is the checkpoint. Here,
-``fit`` runs once as the only worker. Either way the package's code is the same.
+through one actor (an all-reduce of means: local SGD); rank 0's result is the checkpoint. A run of one
+worker (the default) is one Ray task instead of a Ray Train worker group, on the same resources and at
+the same priority. Here, ``fit`` runs once as the only worker. Either way the package's code is the same.
 
 Where a run's workers go: each asks for one unit of the custom resource ``training`` (plus
 ``RTS_RETRAIN_WORKER_CPUS`` logical CPUs), so they run only on nodes meant for retraining (the training
 group on Kubernetes; the head under ``make up``), never on serving's CPUs. Ray's CPUs are logical: they
 decide placement and limit nothing, so on a machine that also serves, each worker puts every thread of
-its own below the Serve replicas' priority (``RTS_RETRAIN_WORKER_NICE``, 19; Ray runs every worker
-process at niceness 15) and the run's BLAS/OpenMP threads are capped (``jobs.thread_caps``, set in the
-job's runtime_env by ``jobs.submit_run``): the kernel then gives serving the cores first.
+its own below the Serve replicas' priority (``RTS_RETRAIN_WORKER_NICE``, 19, and the idle class; the
+Serve configs run replicas at niceness 0) and the run's BLAS/OpenMP threads are capped (``jobs.thread_caps``,
+set in the job's runtime_env by ``jobs.submit_run``): the kernel then gives serving the cores first.
 """
 
 from __future__ import annotations
@@ -93,13 +94,18 @@ class WeightAverager:
         return entry["mean"]
 
 
+def _announce(rank: int, world_size: int, lowered: int) -> None:
+    """One line in the job's log: where the worker runs, at what priority, with how many BLAS threads."""
+    print(f"training worker {rank}/{world_size} on node {ray.get_runtime_context().get_node_id()[:12]}: niceness "
+          f"{os.getpriority(os.PRIO_PROCESS, 0)} ({lowered} threads lowered), "
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}", flush=True)
+
+
 def _train_loop_per_worker(config: dict) -> None:
     lowered = lower_priority(config.get("nice", 0))
     package = load_package(config["package"])
     ctx = ray.train.get_context()
-    print(f"training worker {ctx.get_world_rank()}/{ctx.get_world_size()} on node "
-          f"{ray.get_runtime_context().get_node_id()[:12]}: niceness {os.getpriority(os.PRIO_PROCESS, 0)} "
-          f"({lowered} threads lowered), OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}", flush=True)
+    _announce(ctx.get_world_rank(), ctx.get_world_size(), lowered)
     averager = config["averager"]
     rounds = iter(range(10**9))
     worker = Worker(rank=ctx.get_world_rank(), world_size=ctx.get_world_size(),
@@ -114,10 +120,29 @@ def _train_loop_per_worker(config: dict) -> None:
         ray.train.report({"trained_rows": len(config["targets"])})
 
 
+@ray.remote(max_retries=1)
+def _train_alone(package_path: str, features: np.ndarray, targets: np.ndarray, params: dict, nice: int) -> bytes:
+    """The one worker of a one-worker run, as a Ray task: ``package.fit`` with nobody to average with."""
+    lowered = lower_priority(nice)
+    package = load_package(package_path)
+    _announce(0, 1, lowered)
+    return pickle.dumps(package.fit(features, targets, package.TrainParams(**params), Worker()))
+
+
 def train_on_ray(package: ModelPackage, features: np.ndarray, targets: np.ndarray, params: BaseModel,
                  settings: Settings, run_id: str) -> Any:
-    """``package.fit`` on ``RTS_RETRAIN_WORKERS`` Ray Train workers; returns rank 0's result."""
+    """``package.fit`` on ``RTS_RETRAIN_WORKERS`` Ray Train workers; returns rank 0's result.
+
+    One worker (the default) runs as one Ray task with the same resources and priority: Ray Train's worker group
+    (its controller, placement group, dataset, watcher and synchronisation actors) costs about ten seconds of a
+    run here and brings nothing to a worker with nobody to average with (``make bench-freshness``).
+    """
     workers = settings.retrain.workers
+    if workers == 1:
+        resources = worker_resources(settings)
+        task = _train_alone.options(num_cpus=resources.pop("CPU", 0), resources=resources)
+        return pickle.loads(ray.get(task.remote(package.import_path, features, targets, params.model_dump(),
+                                                settings.retrain.worker_nice)))
     averager = WeightAverager.remote(workers)
     try:
         trainer = DataParallelTrainer(

@@ -21,6 +21,7 @@ are what publishing and rolling back need; they block, and run in retraining job
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -125,6 +126,16 @@ class TritonClient:
 
     def load(self, model: str) -> None:
         self._sync_client().load_model(model, client_timeout=self.control_timeout_s)
+
+    def load_all(self, models: Sequence[str]) -> None:
+        """Load several models at once. Triton loads them side by side (``--model-load-thread-count``, 4); one after
+        another, a version's members each waited for the last one's Python-backend stub to start (2 s apiece here).
+        Raises the first failure once every load has ended."""
+        client = self._sync_client()
+        with ThreadPoolExecutor(max_workers=max(1, len(models))) as pool:
+            loads = [pool.submit(client.load_model, model, client_timeout=self.control_timeout_s) for model in models]
+        for done in loads:
+            done.result()
 
     def unload(self, model: str) -> None:
         self._sync_client().unload_model(model, client_timeout=self.control_timeout_s)

@@ -156,3 +156,21 @@ def test_rollback_in_seconds_and_forward_again(gateway, admin):
     r = admin.post("/admin/models/digits/rollback", json={"version": 999})
     assert r.status_code == 409 and "999" in r.json()["error"]["message"]
     assert admin.post("/admin/models/cats/rollback", json={"version": 1}).status_code == 404
+
+
+def test_a_run_of_two_workers_trains_on_a_ray_train_worker_group(stack):
+    """One worker (the default) is one Ray task; more are a Ray Train worker group: that path, end to end."""
+    from services.retraining.jobs import RayJobs, submit_run, wait_for_run
+    from services.retraining.requests import retrain_request
+    from services.retraining.run import FINISHED
+    from services.settings import Settings
+
+    values = stack.settings.model_dump(exclude_unset=True)
+    two = Settings(**{**values, "retrain": {**values.get("retrain", {}), "workers": 2}})
+    event = retrain_request("diabetes", "two workers", source="tests/integration", force=True)
+    run_id = submit_run(two, "diabetes", [event])
+    record = wait_for_run(two, run_id, timeout_s=300)
+    logs = RayJobs(two.ray.jobs_url).get_job_logs(run_id)
+    assert record["outcome"] in FINISHED, (record.get("reason"), logs[-3000:])
+    assert record["stages"]["train"]["workers"] == 2
+    assert "training worker 0/2" in logs and "training worker 1/2" in logs, logs[-3000:]

@@ -102,6 +102,16 @@ class FakeTriton:
         if config.platform == "ensemble":
             self.steps[model] = steps
 
+    def load_all(self, models) -> None:  # as TritonClient.load_all: every load tried, the first failure raised
+        failures = []
+        for model in models:
+            try:
+                self.load(model)
+            except RuntimeError as exc:
+                failures.append(exc)
+        if failures:
+            raise failures[0]
+
     def unload(self, model: str) -> None:
         self.unloads.append(model)
         self.loaded.pop(model, None)

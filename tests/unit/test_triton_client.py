@@ -49,3 +49,31 @@ def test_triton_failures_map_to_clear_http_errors(exc, version, kind, status):
     err = triton_error(exc, "digits", version)
     assert type(err) is kind
     assert err.status == status
+
+
+def test_load_all_loads_side_by_side_and_raises_the_first_failure():
+    import threading
+
+    from services.triton.client import TritonClient
+
+    class Control:  # the sync gRPC client's model control, recording how many loads overlap
+        def __init__(self) -> None:
+            self.lock, self.now, self.most, self.loaded = threading.Lock(), 0, 0, []
+            self.all_started = threading.Barrier(3, timeout=5)
+
+        def load_model(self, model: str, client_timeout: float) -> None:
+            with self.lock:
+                self.now += 1
+                self.most = max(self.most, self.now)
+            self.all_started.wait()  # only returns if the three loads are out together
+            with self.lock:
+                self.now -= 1
+                self.loaded.append(model)
+            if model == "b":
+                raise InferenceServerException("failed to load 'b'")
+
+    client = TritonClient("grpc://127.0.0.1:1")
+    client._sync = control = Control()
+    with pytest.raises(InferenceServerException, match="failed to load 'b'"):
+        client.load_all(["a", "b", "c"])
+    assert control.most == 3 and sorted(control.loaded) == ["a", "b", "c"]  # every load tried, all at once
