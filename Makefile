@@ -43,8 +43,10 @@ test-integration: venv tools
 
 # Inside a loopback-only network namespace when root (Ray's node traffic then stays on 127.0.0.1).
 LOOPBACK_ONLY := $(shell [ "$$(id -u)" = 0 ] && unshare -n true 2>/dev/null && echo "unshare -n")
+# $(call on_loopback,commands): the commands in that namespace (or as they are, when it cannot be made).
+on_loopback = $(if $(LOOPBACK_ONLY),$(LOOPBACK_ONLY) bash -c 'ip link set lo up 2>/dev/null; $(1)',$(1))
 test-faults: venv  ## the whole fault matrix under bounded load: table + plot -> loadtests/results/faults-*/
-	$(if $(LOOPBACK_ONLY),$(LOOPBACK_ONLY) bash -c 'ip link set lo up 2>/dev/null; $(PY) -m loadtests.faults',$(PY) -m loadtests.faults)
+	$(call on_loopback,$(PY) -m loadtests.faults)
 
 # The test runs itself in a loopback-only network namespace (as root), or skips saying why.
 test-nodes: venv  ## node autoscaling alone: Ray's autoscaler adds worker nodes for a load spike, removes them after -> loadtests/results/test-nodes-*/
@@ -61,19 +63,18 @@ BENCH_PEERS ?= 1
 BENCH_ARGS ?=
 BENCH_TIME := $(shell date +%Y%m%d-%H%M%S)
 BENCH_OUT ?= loadtests/results/bench-$(BENCH_TIME)
+SKIP_PEERS = $(filter 0 no false,$(BENCH_PEERS))
 bench: venv  ## Triton direct vs the gateway at concurrency 1/8/32, tracing and routing costs in-process, then the peers (KServe, BentoML, Triton alone) -> loadtests/results/
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
-	$(PY) -m loadtests.bench --out $(BENCH_OUT) $(BENCH_ARGS)
-	$(PY) -m loadtests.bench_tracing
-	$(PY) -m loadtests.bench_routing
-	$(if $(filter 0 no false,$(BENCH_PEERS)),@echo "peers skipped (BENCH_PEERS=$(BENCH_PEERS))",$(PY) -m loadtests.bench_peers --out $(BENCH_OUT)/peers $(BENCH_ARGS))
+	$(if $(SKIP_PEERS),@echo "peers skipped (BENCH_PEERS=$(BENCH_PEERS))",$(PY) -m loadtests.peers.launch)
+	$(call on_loopback,$(PY) -m loadtests.bench --out $(BENCH_OUT) $(BENCH_ARGS) && $(PY) -m loadtests.bench_tracing && $(PY) -m loadtests.bench_routing$(if $(SKIP_PEERS),, && $(PY) -m loadtests.bench_peers --out $(BENCH_OUT)/peers $(BENCH_ARGS)))
 
 bench-isolation: venv  ## the gateway with and without a retraining run on the same cores (shipped isolation, and none) -> loadtests/results/
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
-	$(PY) -m loadtests.bench_isolation
+	$(call on_loopback,$(PY) -m loadtests.bench_isolation)
 
 bench-freshness: venv  ## new data -> a candidate serving, and the cold start from zero, a few trials each -> loadtests/results/
-	$(PY) -m loadtests.bench_freshness
+	$(call on_loopback,$(PY) -m loadtests.bench_freshness)
 
 skew: venv  ## digits as the files users send vs exact 8x8, shipped training vs no augmentation -> loadtests/results/
 	$(PY) -m loadtests.skew

@@ -78,3 +78,8 @@ class PeerServer(ManagedProcess):
 
     def ready(self) -> bool:
         return httpx.get(self.ready_url, timeout=2).status_code == 200
+
+
+if __name__ == "__main__":  # `make bench`: the peers' venvs come from PyPI, before the loopback-only namespace
+    for name in sys.argv[1:] or ("kserve", "bentoml"):
+        peer_python(name)

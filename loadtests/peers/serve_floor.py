@@ -14,18 +14,26 @@ ANSWER = b'{"predictions":[{"label":0,"confidence":1.0}],"model":{"name":"floor"
 HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(ANSWER)).encode())]
 
 
+async def read_body(receive) -> None:
+    more = True
+    while more:  # the whole body, as any server must read it
+        message = await receive()
+        more = message.get("more_body", False)
+
+
+async def respond(send, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+    await send({"type": "http.response.body", "body": body})
+
+
 async def answer(scope, receive, send) -> None:
     if scope["type"] != "http":  # lifespan: nothing to set up
         message = await receive()
         if message["type"] == "lifespan.startup":
             await send({"type": "lifespan.startup.complete"})
         return
-    more = True
-    while more:  # the whole body, as any server must read it
-        message = await receive()
-        more = message.get("more_body", False)
-    await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
-    await send({"type": "http.response.body", "body": ANSWER})
+    await read_body(receive)
+    await respond(send, ANSWER)
 
 
 @serve.deployment(name="Floor", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.1})
@@ -57,13 +65,8 @@ class ColdFloor:
         async def asgi(scope, receive, send) -> None:
             if scope["type"] != "http":
                 return await answer(scope, receive, send)
-            more = True
-            while more:
-                message = await receive()
-                more = message.get("more_body", False)
-            body = await self.noop.remote()
-            await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
-            await send({"type": "http.response.body", "body": body})
+            await read_body(receive)
+            await respond(send, await self.noop.remote())
 
         return asgi
 

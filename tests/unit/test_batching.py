@@ -46,12 +46,18 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
+async def send(batching: BatchingInference, *requests: np.ndarray, version: str = "", headers=None) -> list:
+    """Start one request per rows array, and let each reach Triton or its lane's queue."""
+    tasks = [asyncio.ensure_future(batching.infer("m", r, version, headers)) for r in requests]
+    await settle()
+    return tasks
+
+
 def test_a_request_alone_goes_at_once():
     async def run():
         triton = SlowTriton()
         batching = BatchingInference(triton, models())
-        task = asyncio.ensure_future(batching.infer("m", rows(1.0)))
-        await settle()
+        (task,) = await send(batching, rows(1.0))
         assert triton.calls == [(1, "", None)]  # sent before any other request came: no waiting
         triton.gate.set()
         result = await task
@@ -64,11 +70,8 @@ def test_requests_that_arrive_during_a_call_go_together_and_get_their_own_rows()
     async def run():
         triton = SlowTriton()
         batching = BatchingInference(triton, models())
-        first = asyncio.ensure_future(batching.infer("m", rows(1.0)))
-        await settle()
-        later = [asyncio.ensure_future(batching.infer("m", rows(*values)))
-                 for values in ((2.0,), (3.0, 4.0), (5.0,))]
-        await settle()
+        (first,) = await send(batching, rows(1.0))
+        later = await send(batching, rows(2.0), rows(3.0, 4.0), rows(5.0))
         assert len(triton.calls) == 1  # the three wait for the call that is out
         triton.gate.set()
         answers = await asyncio.gather(first, *later)
@@ -83,9 +86,8 @@ def test_versions_are_batched_apart():
     async def run():
         triton = SlowTriton()
         batching = BatchingInference(triton, models())
-        a = asyncio.ensure_future(batching.infer("m", rows(1.0), "1"))
-        b = asyncio.ensure_future(batching.infer("m", rows(2.0), "2"))
-        await settle()
+        (a,) = await send(batching, rows(1.0), version="1")
+        (b,) = await send(batching, rows(2.0), version="2")
         assert sorted(c[1] for c in triton.calls) == ["1", "2"]  # each version's lane has its own call out
         triton.gate.set()
         assert (await a).version == "1" and (await b).version == "2"
@@ -97,10 +99,8 @@ def test_a_batch_never_exceeds_the_ensembles_max_batch_size():
     async def run():
         triton = SlowTriton()
         batching = BatchingInference(triton, models(max_batch_size=3), max_rows=64)
-        first = asyncio.ensure_future(batching.infer("m", rows(0.0)))
-        await settle()
-        later = [asyncio.ensure_future(batching.infer("m", rows(float(i), float(i)))) for i in range(1, 5)]
-        await settle()
+        (first,) = await send(batching, rows(0.0))
+        later = await send(batching, *(rows(float(i), float(i)) for i in range(1, 5)))
         triton.gate.set()
         await asyncio.gather(first, *later)
         assert max(c[0] for c in triton.calls) <= 3
@@ -113,8 +113,7 @@ def test_a_failed_call_fails_each_of_its_requests_with_its_error():
     async def run():
         triton = SlowTriton(fail=UpstreamUnavailable("Triton is not reachable", retry_after_s=2))
         batching = BatchingInference(triton, models())
-        tasks = [asyncio.ensure_future(batching.infer("m", rows(float(i)))) for i in range(3)]
-        await settle()
+        tasks = await send(batching, *(rows(float(i)) for i in range(3)))
         triton.gate.set()
         results = await asyncio.gather(*tasks, return_exceptions=True)
         assert all(isinstance(r, UpstreamUnavailable) for r in results)
@@ -128,11 +127,9 @@ def test_a_traced_request_goes_alone_with_its_trace_context():
     async def run():
         triton = SlowTriton()
         batching = BatchingInference(triton, models())
-        first = asyncio.ensure_future(batching.infer("m", rows(1.0)))
-        await settle()
+        (first,) = await send(batching, rows(1.0))
         traced = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
-        second = asyncio.ensure_future(batching.infer("m", rows(2.0), "", traced))
-        await settle()
+        (second,) = await send(batching, rows(2.0), headers=traced)
         assert [c[2] for c in triton.calls] == [None, traced]  # not queued behind the untraced call
         triton.gate.set()
         await asyncio.gather(first, second)
@@ -144,11 +141,8 @@ def test_a_cancelled_waiting_request_costs_the_others_nothing():
     async def run():
         triton = SlowTriton()
         batching = BatchingInference(triton, models())
-        first = asyncio.ensure_future(batching.infer("m", rows(1.0)))
-        await settle()
-        gone = asyncio.ensure_future(batching.infer("m", rows(2.0)))
-        kept = asyncio.ensure_future(batching.infer("m", rows(3.0)))
-        await settle()
+        (first,) = await send(batching, rows(1.0))
+        gone, kept = await send(batching, rows(2.0), rows(3.0))
         gone.cancel()
         triton.gate.set()
         assert (await kept).outputs["out"].tolist() == [[30.0]]

@@ -170,20 +170,30 @@ def test_a_runs_threads_are_capped_unless_it_may_take_what_it_finds(tmp_path):
     assert thread_caps(Settings(var_dir=tmp_path, retrain={"worker_nice": 0})) == {}
 
 
-def test_lower_priority_reaches_every_thread_and_never_raises_one():
-    code = """
+TWO_THREADS = """
 import os, threading, time
 from services.retraining.training import lower_priority
 ready = threading.Event()
 threading.Thread(target=lambda: (ready.set(), time.sleep(5)), daemon=True).start()
 ready.wait()
 tids = [int(t) for t in os.listdir("/proc/self/task")]
+"""
+
+
+def in_a_process_of_its_own(code: str) -> subprocess.CompletedProcess:
+    """`code` after TWO_THREADS (`tids`: a process with a second thread), in a fresh interpreter: priorities only go
+    down, so each check lowers its own process's, never the test runner's."""
+    return subprocess.run([sys.executable, "-c", TWO_THREADS + code], capture_output=True, text=True, timeout=30,
+                          cwd=REPO_ROOT, check=True)
+
+
+def test_lower_priority_reaches_every_thread_and_never_raises_one():
+    code = """
 os.setpriority(os.PRIO_PROCESS, tids[-1], 17)
 changed = lower_priority(12)
 print(changed, sorted(os.getpriority(os.PRIO_PROCESS, t) for t in tids))
 """
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
-                          cwd=REPO_ROOT, check=True)
+    done = in_a_process_of_its_own(code)
     changed, levels = done.stdout.split(" ", 1)
     levels = json.loads(levels)
     assert min(levels) >= 12 and 17 in levels, levels
@@ -193,17 +203,10 @@ print(changed, sorted(os.getpriority(os.PRIO_PROCESS, t) for t in tids))
 
 def test_lowest_priority_puts_every_thread_in_the_idle_class():
     code = """
-import os, threading, time
-from services.retraining.training import lower_priority
-ready = threading.Event()
-threading.Thread(target=lambda: (ready.set(), time.sleep(5)), daemon=True).start()
-ready.wait()
-tids = [int(t) for t in os.listdir("/proc/self/task")]
 print(lower_priority(18), sorted({os.sched_getscheduler(t) == os.SCHED_IDLE for t in tids}),
       lower_priority(19), sorted({os.sched_getscheduler(t) == os.SCHED_IDLE for t in tids}))
 """
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
-                          cwd=REPO_ROOT, check=True)
+    done = in_a_process_of_its_own(code)
     # 18: niced, still the normal class; 19: every thread idle-class (the kernel runs it when nothing else wants the core)
     first, classes_at_18, second, classes_at_19 = done.stdout.split()
     assert int(first) >= 2 and int(second) == int(first), done.stdout  # every thread (numpy's pool too), twice
