@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -195,19 +196,47 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
+# Ray's workers take ports from 10002-19999 (its default worker port range); the kernel hands out
+# `ip_local_port_range` (32768-60999 here) to every bind to port 0 and every outgoing connection.
+QUIET_PORTS_FROM = 20000
+
+
+def quiet_port_range() -> range:
+    """Ports neither Ray's workers nor the kernel hand out by themselves: a port chosen here stays free until the
+    server it was chosen for binds it. A port the kernel offered for port 0 did not: Ray's own processes bind port
+    0 and connect out by the hundred while a head starts, and one took the runtime-env agent's port before the
+    agent bound it (CI of 0cd7365)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return range(QUIET_PORTS_FROM, low) if low - QUIET_PORTS_FROM >= 1000 else range(0)
+
+
 def free_ports(n: int, avoid: Iterable[int] = ()) -> list[int]:
-    """`n` different free loopback ports, none of `avoid`: all held open while they are chosen, so no two are
-    the same (one `free_port()` after another can hand out a port twice: the OS reuses a port just released).
+    """`n` different free loopback ports, none of `avoid`, drawn at random from `quiet_port_range()` (or offered
+    by the OS when that range is too small): all held open while they are chosen, so no two are the same.
     `avoid`: ports chosen earlier for a server that has not bound them yet (a Ray head's dashboard port)."""
     avoid, sockets, chosen = set(avoid), [], []
+    quiet = quiet_port_range()
     try:
-        while len(chosen) < n:
+        for _ in range(50 * n + 100):
+            if len(chosen) == n:
+                return chosen
+            port = random.choice(quiet) if quiet else 0
+            if port in avoid:
+                continue
             s = socket.socket()
             sockets.append(s)  # held, even when avoided: the OS then offers another
-            s.bind(("127.0.0.1", 0))
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:  # taken
+                continue
             if s.getsockname()[1] not in avoid:
                 chosen.append(s.getsockname()[1])
-        return chosen
+        if len(chosen) == n:
+            return chosen
+        raise OSError(f"no {n} free loopback ports found in {quiet or 'the ephemeral range'}")
     finally:
         for s in sockets:
             s.close()

@@ -271,4 +271,18 @@ def test_free_ports_never_hands_out_a_port_to_avoid(monkeypatch):
             pass
 
     monkeypatch.setattr("services.runtime.processes.socket.socket", FakeSocket)
+    monkeypatch.setattr("services.runtime.processes.quiet_port_range", lambda: range(0))  # the OS offers
     assert free_ports(3, avoid={8265, 6380}) == [40001, 40002, 40003]
+
+
+def test_free_ports_come_from_outside_the_range_the_kernel_and_ray_hand_out():
+    """A port the kernel offered for port 0 can be handed out again, by the kernel, to whatever binds port 0 or
+    connects out before our server binds it: Ray's processes do so by the hundred (a CI run lost its
+    runtime-env agent that way). Ports are drawn where neither the kernel nor Ray's workers look."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = free_ports(200, avoid={20000, 20001})
+    assert len(set(ports)) == 200
+    assert all(20000 < p < low for p in ports), sorted(ports)[:5]
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", ports[0]))  # each is free to bind
+
