@@ -842,6 +842,39 @@ def test_path_traversal_is_a_clean_4xx(api, var_dir, method, raw_path):
     assert b"outside the store" not in body
 
 
+def test_under_a_route_prefix_predict_takes_the_fast_path_with_the_same_answer(api, triton, monkeypatch):
+    """Serve under a route_prefix hands the app root_path "/api" and path "/api/v1/...": the fast path must read
+    the route as Starlette does, or every prefixed deployment pays FastAPI's routing on each request."""
+    from services.serving.routes.predict import FastPredict
+
+    fast = []
+    original = FastPredict._predict
+
+    async def counted(self, *args, **kwargs):
+        fast.append(args[0]["path"])
+        return await original(self, *args, **kwargs)
+
+    monkeypatch.setattr(FastPredict, "_predict", counted)
+    body = json.dumps({"instances": [patient(0)]}).encode()
+    headers = [(b"content-type", b"application/json")]
+    answers = {}
+    for root in ("", "/api"):
+        def prefixed(request):
+            return {**request, "root_path": root, "path": root + request["path"]}
+
+        app = api.app
+        status, _, answer = raw_request(lambda scope, r, s: app(prefixed(scope), r, s), "POST",
+                                        b"/v1/models/diabetes/predict", headers, body)
+        assert status == 200, answer
+        answers[root] = json.loads(answer)["predictions"]
+    assert fast == ["/v1/models/diabetes/predict", "/api/v1/models/diabetes/predict"]
+    assert answers[""] == answers["/api"]
+    # a path outside the prefix is not a predict route
+    status, _, _ = raw_request(lambda scope, r, s: api.app({**scope, "root_path": "/api"}, r, s), "POST",
+                               b"/other/v1/models/diabetes/predict", headers, body)
+    assert status == 404 and len(fast) == 2
+
+
 def test_storage_keys_never_leave_the_store(tmp_path):
     from services.storage import InvalidKey, check_key, open_store
 

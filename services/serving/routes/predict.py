@@ -246,7 +246,10 @@ class FastPredict:
         if scope["type"] == "http" and scope["method"] == "POST":
             if self._paths is None:
                 self._paths = self._lookup()
-            hit = self._paths.get(scope["path"])
+            path, root = scope["path"], scope.get("root_path", "")
+            if root and path.startswith(root + "/"):  # under a Serve route_prefix, as Starlette's router reads it
+                path = path[len(root):]
+            hit = self._paths.get(path)
             if hit is not None:
                 return await self._predict(scope, receive, send, *hit)
         await self.app(scope, receive, send)
