@@ -123,14 +123,27 @@ class _PromBackend:
                 self.metrics[f.name] = PromHistogram(f.name, f.help, f.labels, buckets=f.buckets,
                                                      registry=self.registry)
 
+        # (name, label items) -> the labelled child: prometheus_client's labels() checks and joins the values on
+        # every call, a third of a record's cost on the request path. Label sets are few (model, version, stage,
+        # status...), and prometheus_client keeps every child anyway.
+        self._children: dict[tuple, Any] = {}
+
+    def _child(self, name: str, labels: Mapping[str, str]) -> Any:
+        key = (name, *labels.items())
+        try:
+            return self._children[key]
+        except KeyError:
+            child = self._children[key] = self.metrics[name].labels(**labels)
+            return child
+
     def inc(self, name: str, labels: Mapping[str, str], value: float = 1.0) -> None:
-        self.metrics[name].labels(**labels).inc(value)
+        self._child(name, labels).inc(value)
 
     def set(self, name: str, labels: Mapping[str, str], value: float) -> None:
-        self.metrics[name].labels(**labels).set(value)
+        self._child(name, labels).set(value)
 
     def observe(self, name: str, labels: Mapping[str, str], value: float) -> None:
-        self.metrics[name].labels(**labels).observe(value)
+        self._child(name, labels).observe(value)
 
 
 class _RayBackend:
