@@ -27,12 +27,15 @@ from pathlib import Path
 import numpy as np
 
 PIPELINE, PRE, POST = "peer_pipeline", "peer_preprocess", "peer_postprocess"
+# The steps wait as long for more requests as the product's ensemble members do (triton_models/digits_*/config.pbtxt,
+# 0 since 2026-11-30): the same tuning on both sides (tests/unit/test_bench_peers.py checks they agree).
+STEP_QUEUE_DELAY_US = 0
 STEP_CONFIG = """name: "{name}"
 backend: "python"
 max_batch_size: 64
 input [ {inputs} ]
 output [ {outputs} ]
-dynamic_batching {{ max_queue_delay_microseconds: 100 }}
+dynamic_batching {{ max_queue_delay_microseconds: {delay} }}
 instance_group [ {{ kind: KIND_CPU, count: 1 }} ]
 parameters: {{ key: "step", value: {{ string_value: "{step}" }} }}
 parameters: {{ key: "repo_root", value: {{ string_value: "{repo_root}" }} }}
@@ -72,7 +75,7 @@ def write_repository(folder: Path, repo_root: Path, *, ensemble: str = "digits",
     for name, (step, inputs, outputs) in steps.items():
         (folder / name / "1").mkdir(parents=True)
         (folder / name / "config.pbtxt").write_text(STEP_CONFIG.format(
-            name=name, inputs=inputs, outputs=outputs, step=step, repo_root=repo_root))
+            name=name, inputs=inputs, outputs=outputs, step=step, repo_root=repo_root, delay=STEP_QUEUE_DELAY_US))
         shutil.copy(__file__, folder / name / "1" / "model.py")
     (folder / PIPELINE / "1").mkdir(parents=True)
     (folder / PIPELINE / "config.pbtxt").write_text(PIPELINE_CONFIG.format(
