@@ -30,10 +30,7 @@ from typing import Any
 
 import numpy as np
 import ray
-import ray.train
 from pydantic import BaseModel
-from ray.train import RunConfig, ScalingConfig
-from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
 from services.modelkit import ModelPackage, Worker
 from services.modelkit.discovery import load_package
@@ -102,6 +99,8 @@ def _announce(rank: int, world_size: int, lowered: int) -> None:
 
 
 def _train_loop_per_worker(config: dict) -> None:
+    import ray.train  # Ray Train only where a run has two workers or more: its import is 0.4 s of each process
+
     lowered = lower_priority(config.get("nice", 0))
     package = load_package(config["package"])
     ctx = ray.train.get_context()
@@ -143,6 +142,9 @@ def train_on_ray(package: ModelPackage, features: np.ndarray, targets: np.ndarra
         task = _train_alone.options(num_cpus=resources.pop("CPU", 0), resources=resources)
         return pickle.loads(ray.get(task.remote(package.import_path, features, targets, params.model_dump(),
                                                 settings.retrain.worker_nice)))
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
     averager = WeightAverager.remote(workers)
     try:
         trainer = DataParallelTrainer(
