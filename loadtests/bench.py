@@ -306,6 +306,7 @@ def main(argv: list[str] | None = None) -> Path:
     (out / "results.md").write_text(table)
     plot(results, out / "bench.png")
     shutil.rmtree(var_dir, ignore_errors=True)
+    shutil.rmtree(settings.ray.temp_dir, ignore_errors=True)  # Ray's session files of this bench (its logs too)
     print("\n" + table + f"\nwritten to {out}")
     return out
 

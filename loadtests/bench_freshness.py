@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import shutil
 import statistics
 import time
 from datetime import datetime
@@ -164,6 +165,7 @@ def main(argv: list[str] | None = None) -> Path:
         records = Records(data_store(settings))
         fresh = [freshness_trial(stack, records, trial, say) for trial in range(1, args.trials + 1)]
         cold = cold_start_trials(stack, out, args.cold_trials, say)
+    shutil.rmtree(settings.ray.temp_dir, ignore_errors=True)  # Ray's session files of this bench (its logs too)
     summary = {
         "new_data_to_candidate_serving_s": {"median": statistics.median(r["seconds"] for r in fresh) if fresh else None,
                                             "trials": [r["seconds"] for r in fresh]},

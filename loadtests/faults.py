@@ -34,6 +34,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import sys
 import threading
@@ -584,6 +585,7 @@ def main() -> None:
         for name in names:
             rows.append(run_row(stack, FAULTS[name], out / name))
             write_report(rows, out)
+    shutil.rmtree(stack.settings.ray.temp_dir, ignore_errors=True)  # Ray's session files of this run (its logs too)
     print(table(rows))
     print(f"report: {out}")
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -206,6 +207,7 @@ def run(out: Path, say=print) -> dict:
         finally:
             sampler.halt.set()
             sampler.join(timeout=10)
+    shutil.rmtree(stack.settings.ray.temp_dir, ignore_errors=True)  # Ray's session files of this run (its logs too)
     failures_csv = out / "locust" / "locust_failures.csv"
     failures = failures_csv.read_text().splitlines()[1:11] if failures_csv.exists() else []
     summary = summarize(sampler.samples, result["timings"], result["started"], failures)

@@ -61,7 +61,7 @@ def third_model(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory, otlp, third_model) -> Stack:
+def stack(tmp_path_factory, otlp, third_model, request) -> Stack:
     var_dir = tmp_path_factory.mktemp("var")
     http, grpc, metrics, gcs, dashboard, serve, launcher = free_ports(7)
     settings = Settings(
@@ -83,6 +83,8 @@ def stack(tmp_path_factory, otlp, third_model) -> Stack:
         yield s
     finally:
         s.stop()
+        if not request.session.testsfailed:  # Ray's session files (its logs) are kept only for a failed session
+            shutil.rmtree(settings.ray.temp_dir, ignore_errors=True)
 
 
 DIRECT = "strategy: direct\n"

@@ -9,6 +9,7 @@ and ends whatever it started even when it fails (`rts down`'s own code, from the
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,7 +35,7 @@ def var_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def stack_env(var_dir, tmp_path):
+def stack_env(var_dir, tmp_path, request):
     http, grpc, metrics, gcs, dashboard, serve, launcher = free_ports(7)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RTS_")}
     env.update({"RTS_VAR_DIR": str(var_dir), "RTS_MODELS": MODEL, "RTS_TRITON_HTTP_PORT": str(http),
@@ -42,8 +43,11 @@ def stack_env(var_dir, tmp_path):
                 "RTS_RAY_GCS_PORT": str(gcs), "RTS_RAY_DASHBOARD_PORT": str(dashboard),
                 "RTS_RAY_TEMP_DIR": f"/tmp/rts-life-{os.getpid()}-{serve}", "RTS_SERVE_HTTP_PORT": str(serve),
                 "RTS_LAUNCHER_METRICS_PORT": str(launcher)})
+    failed_before = request.session.testsfailed
     yield env
     down(var_dir / "run" / "stack.json", say=lambda _: None)  # whatever a failed test left
+    if request.session.testsfailed == failed_before:  # Ray's session files (its logs) stay after a failure
+        shutil.rmtree(env["RTS_RAY_TEMP_DIR"], ignore_errors=True)
 
 
 def ports(env) -> list[int]:
