@@ -41,6 +41,8 @@ from services.triton.config import CONFIG_NAME, EnsembleFamily, format_config, p
 
 PYTHON_BACKEND = REPO_ROOT / "triton_models" / "onnx_python_backend.py"
 ENSEMBLE_PLACEHOLDER = "ensemble-version.txt"
+_VERSION_KEY = re.compile(r"^([^/]+)/(\d+)/")
+
 # model.py's bytecode, written beside it: Triton's Python-backend stub otherwise writes it there on the first load,
 # which changes the version folder, and Triton then loads that version again the next time anything asks for the
 # model or an ensemble that uses it (every publish loaded each member twice, 1.5 s more). A stub of another Python
@@ -57,7 +59,6 @@ def bytecode(source: bytes) -> bytes:
         py_compile.compile(str(path), cfile=str(compiled), dfile="model.py", doraise=True,
                            invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
         return compiled.read_bytes()
-_VERSION_KEY = re.compile(r"^([^/]+)/(\d+)/")
 
 
 def version_ensemble(ensemble: str, version: int | str) -> str:

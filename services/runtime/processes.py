@@ -227,7 +227,7 @@ def free_ports(n: int, avoid: Iterable[int] = ()) -> list[int]:
             if port in avoid:
                 continue
             s = socket.socket()
-            sockets.append(s)  # held, even when avoided: the OS then offers another
+            sockets.append(s)  # held, even when avoided: the OS (port 0) then offers another
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:  # taken
